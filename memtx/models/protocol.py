@@ -1,0 +1,194 @@
+"""The segment contract every model implements, and helpers that work on any memory value.
+
+    step(tokens[B, L], memory) -> StepOutput(logits[B, L, V], memory', aux)
+
+``logits[:, i]`` predicts the token that follows ``tokens[:, i]``. A memory is a tensor or
+a NamedTuple of tensors: the driver detaches it, saves it and asks for its gradient
+through :func:`memory_leaves` / :func:`map_memory` without knowing the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from memtx.config import ModelConfig
+from memtx.errors import DataError
+
+Memory = Any  # a Tensor or a NamedTuple of Tensors; each model documents its own
+
+_NO_AUX: Mapping[str, Tensor] = MappingProxyType({})
+
+
+class StepOutput(NamedTuple):
+    """What ``step`` returns.
+
+    Attributes:
+        logits: [B, L, vocab_size]; position i predicts the token after ``tokens[:, i]``.
+        memory: the memory value to pass to the next segment.
+        aux: extra tensors a model may expose (e.g. Memformer's writer attention).
+    """
+
+    logits: Tensor
+    memory: Memory
+    aux: Mapping[str, Tensor] = _NO_AUX
+
+
+@runtime_checkable
+class SegmentModel(Protocol):
+    """A model of one segment and an explicit memory value."""
+
+    config: ModelConfig
+    #: whether gradients flow through the memory (False: stop-gradient, e.g. Transformer-XL)
+    memory_carries_grad: bool
+
+    def init_memory(self, batch_size: int, *, device: torch.device | str | None = None) -> Memory:
+        """The memory before the first segment, for ``batch_size`` streams."""
+        ...
+
+    def step(self, tokens: Tensor, memory: Memory) -> StepOutput:
+        """Process one segment ``tokens`` [B, L] (L <= segment_len) given ``memory``."""
+        ...
+
+    def advance(self, tokens: Tensor, memory: Memory) -> Memory:
+        """Only the next memory (the "critical path"; MRBP's no-grad pass uses it)."""
+        ...
+
+
+# --------------------------------------------------------------------------- memory helpers
+
+
+def memory_leaves(memory: Memory) -> list[Tensor]:
+    """The tensors a memory value is made of, in a fixed order."""
+    if isinstance(memory, Tensor):
+        return [memory]
+    if isinstance(memory, tuple):
+        return [leaf for item in memory for leaf in memory_leaves(item)]
+    raise DataError(f"a memory must be a tensor or a NamedTuple of tensors, got {type(memory).__name__}")
+
+
+def map_memory(fn: Callable[[Tensor], Tensor], memory: Memory) -> Memory:
+    """Apply ``fn`` to every tensor of ``memory``, keeping its structure."""
+    if isinstance(memory, Tensor):
+        return fn(memory)
+    if isinstance(memory, tuple):
+        items = [map_memory(fn, item) for item in memory]
+        return type(memory)(*items) if hasattr(memory, "_fields") else tuple(items)
+    raise DataError(f"a memory must be a tensor or a NamedTuple of tensors, got {type(memory).__name__}")
+
+
+def detach_memory(memory: Memory) -> Memory:
+    """The same memory cut from the autograd graph."""
+    return map_memory(lambda t: t.detach(), memory)
+
+
+def memory_state(memory: Memory, *, prefix: str = "memory") -> dict[str, Tensor]:
+    """A flat ``{name: tensor}`` view of a memory, for safetensors."""
+    return {f"{prefix}.{i}": leaf.detach().contiguous() for i, leaf in enumerate(memory_leaves(memory))}
+
+
+def memory_from_state(template: Memory, state: Mapping[str, Tensor], *, prefix: str = "memory") -> Memory:
+    """Rebuild a memory shaped like ``template`` from :func:`memory_state`'s output."""
+    leaves = iter(state[f"{prefix}.{i}"] for i in range(len(memory_leaves(template))))
+    return map_memory(lambda t: next(leaves).to(t.device), template)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_tokens(tokens: Any, *, vocab_size: int, segment_len: int | None = None) -> None:
+    """Raise :class:`DataError` unless ``tokens`` is an integer tensor [B, L] of valid ids."""
+    if not isinstance(tokens, Tensor):
+        raise DataError(f"tokens must be a torch.LongTensor [batch, length], got {type(tokens).__name__}")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise DataError(f"tokens must be an integer tensor (torch.long), got dtype {tokens.dtype}")
+    if tokens.dim() != 2:
+        raise DataError(f"tokens must have shape [batch, length], got {tuple(tokens.shape)}")
+    if tokens.numel() == 0:
+        raise DataError(f"tokens must not be empty, got shape {tuple(tokens.shape)}")
+    if segment_len is not None and tokens.shape[1] > segment_len:
+        raise DataError(
+            f"a segment holds at most segment_len={segment_len} tokens, got {tokens.shape[1]}; "
+            "use memtx.recurrence to walk longer inputs"
+        )
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise DataError(f"token id {bad} is out of range [0, {vocab_size})")
+
+
+def check_memory_type(memory: Any, expected: type, *, model: str) -> None:
+    """Raise unless ``memory`` is of the model's own memory type."""
+    if not isinstance(memory, expected):
+        raise DataError(
+            f"{model} expects a memory of type {expected.__name__} (from its init_memory or step), "
+            f"got {type(memory).__name__}"
+        )
+
+
+def check_memory_tensor(
+    value: Tensor, *, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None
+) -> None:
+    """Raise unless a memory tensor has ``shape``, ``dtype`` and ``like``'s device."""
+    if not isinstance(value, Tensor):
+        raise DataError(f"memory field {name} must be a tensor, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(shape):
+        raise DataError(f"memory field {name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
+    if dtype is not None and value.dtype != dtype:
+        raise DataError(f"memory field {name} must have dtype {dtype}, got {value.dtype}")
+    if value.device != like.device:
+        raise DataError(f"memory field {name} is on {value.device}, but the tokens are on {like.device}")
+
+
+class SegmentLM(nn.Module):
+    """Shared plumbing of our models: tied token embedding and output head, validation.
+
+    Subclasses implement ``init_memory``, ``step`` and, when cheaper than ``step``,
+    ``advance``.
+    """
+
+    config: ModelConfig
+    memory_carries_grad: bool = True
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.ln_out = nn.LayerNorm(config.d_model)
+
+    def init_weights(self) -> None:
+        """GPT-2-style init: N(0, 0.02) for matrices and embeddings, zeros for biases."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """[B, L] ids -> [B, L, d]."""
+        return self.embed_dropout(self.embed(tokens))
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """[B, L, d] -> [B, L, V] through the final LayerNorm and the tied embedding."""
+        return self.ln_out(hidden) @ self.embed.weight.t()
+
+    def check_tokens(self, tokens: Any) -> None:
+        check_tokens(tokens, vocab_size=self.config.vocab_size, segment_len=self.config.segment_len)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def advance(self, tokens: Tensor, memory: Memory) -> Memory:
+        """The next memory; models with a cheaper critical path override this."""
+        return self.step(tokens, memory).memory  # type: ignore[attr-defined]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

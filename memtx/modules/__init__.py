@@ -1,0 +1,15 @@
+"""The only building blocks shared between models: attention, positions, blocks."""
+
+from memtx.modules.attention import MultiHeadAttention, attend
+from memtx.modules.blocks import Block, FeedForward
+from memtx.modules.positions import RotaryEmbedding, apply_rotary, sinusoid
+
+__all__ = [
+    "Block",
+    "FeedForward",
+    "MultiHeadAttention",
+    "RotaryEmbedding",
+    "apply_rotary",
+    "attend",
+    "sinusoid",
+]

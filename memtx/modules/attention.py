@@ -1,0 +1,95 @@
+"""Multi-head attention on ``F.scaled_dot_product_attention`` (fused kernels where available)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memtx.modules.positions import apply_rotary
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout: float = 0.0,
+    scale: float | None = None,
+) -> Tensor:
+    """Scaled dot-product attention over heads.
+
+    Args:
+        q: [B, H, Lq, hd]; k, v: [B, H, Lk, hd].
+        mask: boolean (True = may attend) or additive float, broadcastable to [B, H, Lq, Lk].
+        is_causal: causal mask aligned at the top-left (only when ``mask`` is None).
+        dropout: attention-probability dropout (pass 0.0 in eval mode).
+
+    Returns:
+        [B, H, Lq, hd].
+    """
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, dropout_p=dropout,
+        scale=scale,
+    )
+
+
+def split_heads(x: Tensor, n_heads: int) -> Tensor:
+    """[B, L, H*hd] -> [B, H, L, hd]."""
+    b, n, d = x.shape
+    return x.view(b, n, n_heads, d // n_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """[B, H, L, hd] -> [B, L, H*hd]."""
+    b, h, n, hd = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * hd)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention with fused projections.
+
+    Self-attention projects q, k, v with one matmul; cross-attention projects q from the
+    queries and k, v together from the context, so each input is read once.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, dropout: float = 0.0, cross: bool = False):
+        super().__init__()
+        self.n_heads = n_heads
+        self.cross = cross
+        self.dropout = dropout
+        if cross:
+            self.q_proj = nn.Linear(d_model, d_model, bias=False)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model, bias=False)
+        else:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v, each [B, H, L, hd], from ``x`` (and ``context`` for cross-attention)."""
+        if self.cross:
+            assert context is not None, "cross-attention needs a context"
+            q = self.q_proj(x)
+            k, v = self.kv_proj(context).chunk(2, dim=-1)
+        else:
+            q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
+        return split_heads(q, self.n_heads), split_heads(k, self.n_heads), split_heads(v, self.n_heads)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        rotary: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Attend from ``x`` [B, L, d] to itself (or to ``context`` [B, S, d]); returns [B, L, d]."""
+        q, k, v = self.project(x, context)
+        if rotary is not None:
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        dropout = self.dropout if self.training else 0.0
+        out = attend(q, k, v, mask=mask, is_causal=is_causal, dropout=dropout)
+        return self.out_proj(merge_heads(out))

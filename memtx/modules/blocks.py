@@ -1,0 +1,71 @@
+"""Pre-LN transformer blocks: self-attention, optional cross-attention, feed-forward."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from memtx.modules.attention import MultiHeadAttention
+
+
+class FeedForward(nn.Module):
+    """Two-layer GELU MLP: [B, L, d] -> [B, L, d]."""
+
+    def __init__(self, d_model: int, d_ff: int, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, d_ff)
+        self.down = nn.Linear(d_ff, d_model)
+        self.act = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.down(self.act(self.up(x))))
+
+
+class Block(nn.Module):
+    """x += SelfAttn(LN x); [x += CrossAttn(LN x, LN context)]; x += FFN(LN x).
+
+    The context gets its own LayerNorm (Memformer's reader normalizes the slots, its
+    decoder the encoder output).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        *,
+        dropout: float = 0.0,
+        cross_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        self.ln_self = nn.LayerNorm(d_model)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout)
+        self.cross_attn: MultiHeadAttention | None = None
+        if cross_attention:
+            self.ln_cross = nn.LayerNorm(d_model)
+            self.ln_context = nn.LayerNorm(d_model)
+            self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, cross=True)
+        self.ln_ffn = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_ff, dropout=dropout)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        """x [B, L, d]; context [B, S, d] for the cross-attention; returns [B, L, d]."""
+        x = x + self.resid_dropout(
+            self.self_attn(self.ln_self(x), mask=mask, is_causal=is_causal, rotary=rotary)
+        )
+        if self.cross_attn is not None and context is not None:
+            attended = self.cross_attn(
+                self.ln_cross(x), context=self.ln_context(context), mask=context_mask
+            )
+            x = x + self.resid_dropout(attended)
+        return x + self.ffn(self.ln_ffn(x))

@@ -1,0 +1,49 @@
+"""Positions: rotary embeddings (relative by construction) and sinusoids for Transformer-XL."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoid(positions: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of (float) positions.
+
+    Args:
+        positions: [N] positions or distances.
+        dim: embedding width (even).
+
+    Returns:
+        [N, dim] with sin in the first half and cos in the second (Vaswani et al.).
+    """
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=positions.device) / dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (N, dim/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al.): q.k depends only on the distance of positions.
+
+    Our segment models restart positions at 0 every segment, so a segment is processed the
+    same wherever it sits in the stream; rotary makes that a relative scheme for free.
+    """
+
+    inv_freq: Tensor
+
+    def __init__(self, head_dim: int, *, base: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin tables, each [N, head_dim], for integer ``positions`` [N]."""
+        angles = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
+        angles = torch.cat([angles, angles], dim=-1)  # (N, hd)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` [B, H, N, hd] by the tables from :class:`RotaryEmbedding` ([N, hd])."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)

@@ -1,0 +1,33 @@
+"""Tiny configs of every model, for the contract suite and other fast tests."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import pytest
+
+import memtx
+
+COMMON: dict[str, Any] = {"vocab_size": 32, "d_model": 32, "n_heads": 2, "segment_len": 8}
+
+SMALL: dict[str, tuple[str, dict[str, Any]]] = {
+    "transformer": ("transformer", {**COMMON, "n_layers": 2}),
+    "transformer_xl": ("transformer_xl", {**COMMON, "n_layers": 2, "mem_len": 8}),
+    "memformer": (
+        "memformer",
+        {**COMMON, "encoder_layers": 1, "decoder_layers": 2, "memory_slots": 4},
+    ),
+    "rmt": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4}),
+    "rmt_hf": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "backbone": "hf"}),
+}
+
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+
+
+def small_model(key: str, **overrides: Any) -> memtx.SegmentLM:
+    """Build the tiny model ``key`` (skips when an optional backbone is missing)."""
+    name, fields = SMALL[key]
+    if fields.get("backbone") == "hf" and not HAS_TRANSFORMERS:
+        pytest.skip("transformers is not installed (pip install memtx[hf])")
+    return memtx.build(name, **{**fields, **overrides})
