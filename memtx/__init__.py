@@ -1,10 +1,10 @@
 """memtx: memory-augmented transformers that read sequences of any length segment by segment.
 
-    import memtx
-    model = memtx.build("memformer", vocab_size=256, d_model=256, n_layers=4,
-                        n_heads=4, segment_len=128, memory_slots=32)
-    memory = model.init_memory(batch_size)
-    out = model.step(tokens, memory)      # out.logits [B, L, V], out.memory
+import memtx
+model = memtx.build("memformer", vocab_size=256, d_model=256, n_layers=4,
+                    n_heads=4, segment_len=128, memory_slots=32)
+memory = model.init_memory(batch_size)
+out = model.step(tokens, memory)      # out.logits [B, L, V], out.memory
 """
 
 from memtx.config import (

@@ -10,12 +10,13 @@ silently ignored.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+
+import tomllib
 
 from memtx.errors import ConfigError
 
@@ -86,9 +87,7 @@ class _Checked:
                 object.__setattr__(self, f.name, value)
             tp = hints[f.name]
             if not _matches(value, tp):
-                raise ConfigError(
-                    f"{self._key(f.name)} must be {_type_name(tp)}, got {value!r}"
-                )
+                raise ConfigError(f"{self._key(f.name)} must be {_type_name(tp)}, got {value!r}")
             if tp is float and isinstance(value, int):
                 object.__setattr__(self, f.name, float(value))
         self._validate()
@@ -250,9 +249,7 @@ class MemformerConfig(ModelConfig):
         self._at_least("decoder_layers", 1)
         self._at_least("memory_slots", 1)
         if not self.write_temperature > 0:
-            raise ConfigError(
-                f"model.write_temperature must be > 0, got {self.write_temperature}"
-            )
+            raise ConfigError(f"model.write_temperature must be > 0, got {self.write_temperature}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,9 +294,7 @@ def _construct(cls: type, values: dict[str, Any], *, section: str) -> Any:
     unknown = sorted(set(values) - set(known))
     if unknown:
         where = f"{section}." if section else ""
-        raise ConfigError(
-            f"unknown key {where}{unknown[0]} (known: {', '.join(known)})"
-        )
+        raise ConfigError(f"unknown key {where}{unknown[0]} (known: {', '.join(known)})")
     return cls(**values)
 
 
@@ -382,7 +377,9 @@ class TrainConfig(_Checked):
             if not 0.0 <= beta < 1.0:
                 raise ConfigError(f"train.betas must be in [0, 1), got {self.betas}")
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
-            raise ConfigError(f"train.device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+            raise ConfigError(
+                f"train.device must be cpu, cuda, cuda:N or auto, got {self.device!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -458,7 +455,7 @@ class RunConfig:
 
 
 def _parse_value(text: str) -> Any:
-    """A ``--set`` value: a TOML literal (``3``, ``1e-3``, ``true``, ``[1, 2]``) or a bare string."""
+    """A ``--set`` value: a TOML literal (``3``, ``1e-3``, ``true``, ``[1, 2]``) or a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

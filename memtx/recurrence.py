@@ -58,7 +58,9 @@ __all__ = [
 def check_strategy(strategy: str, *, truncate: int = 1) -> None:
     """Raise :class:`ConfigError` for an unknown strategy or a truncation depth < 1."""
     if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown gradient strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+        raise ConfigError(
+            f"unknown gradient strategy {strategy!r} (known: {', '.join(STRATEGIES)})"
+        )
     if not isinstance(truncate, int) or truncate < 1:
         raise ConfigError(f"truncate must be an integer >= 1, got {truncate!r}")
 
@@ -164,8 +166,13 @@ def rollout(
         for start in range(0, len(xs), window):
             memory = detach_memory(memory) if start else memory
             chunk, memory = _forward(
-                model, xs[start : start + window], ys[start : start + window], memory,
-                loss_fn=loss_fn, seed=seed, offset=start,
+                model,
+                xs[start : start + window],
+                ys[start : start + window],
+                memory,
+                loss_fn=loss_fn,
+                seed=seed,
+                offset=start,
             )
             if chunk.requires_grad:
                 chunk.backward()

@@ -68,7 +68,9 @@ def memory_leaves(memory: Memory) -> list[Tensor]:
         return [memory]
     if isinstance(memory, tuple):
         return [leaf for item in memory for leaf in memory_leaves(item)]
-    raise DataError(f"a memory must be a tensor or a NamedTuple of tensors, got {type(memory).__name__}")
+    raise DataError(
+        f"a memory must be a tensor or a NamedTuple of tensors, got {type(memory).__name__}"
+    )
 
 
 def map_memory(fn: Callable[[Tensor], Tensor], memory: Memory) -> Memory:
@@ -78,7 +80,9 @@ def map_memory(fn: Callable[[Tensor], Tensor], memory: Memory) -> Memory:
     if isinstance(memory, tuple):
         items = [map_memory(fn, item) for item in memory]
         return type(memory)(*items) if hasattr(memory, "_fields") else tuple(items)
-    raise DataError(f"a memory must be a tensor or a NamedTuple of tensors, got {type(memory).__name__}")
+    raise DataError(
+        f"a memory must be a tensor or a NamedTuple of tensors, got {type(memory).__name__}"
+    )
 
 
 def detach_memory(memory: Memory) -> Memory:
@@ -88,10 +92,14 @@ def detach_memory(memory: Memory) -> Memory:
 
 def memory_state(memory: Memory, *, prefix: str = "memory") -> dict[str, Tensor]:
     """A flat ``{name: tensor}`` view of a memory, for safetensors."""
-    return {f"{prefix}.{i}": leaf.detach().contiguous() for i, leaf in enumerate(memory_leaves(memory))}
+    return {
+        f"{prefix}.{i}": leaf.detach().contiguous() for i, leaf in enumerate(memory_leaves(memory))
+    }
 
 
-def memory_from_state(template: Memory, state: Mapping[str, Tensor], *, prefix: str = "memory") -> Memory:
+def memory_from_state(
+    template: Memory, state: Mapping[str, Tensor], *, prefix: str = "memory"
+) -> Memory:
     """Rebuild a memory shaped like ``template`` from :func:`memory_state`'s output."""
     leaves = iter(state[f"{prefix}.{i}"] for i in range(len(memory_leaves(template))))
     return map_memory(lambda t: next(leaves).to(t.device), template)
@@ -103,7 +111,9 @@ def memory_from_state(template: Memory, state: Mapping[str, Tensor], *, prefix: 
 def check_tokens(tokens: Any, *, vocab_size: int, segment_len: int | None = None) -> None:
     """Raise :class:`DataError` unless ``tokens`` is an integer tensor [B, L] of valid ids."""
     if not isinstance(tokens, Tensor):
-        raise DataError(f"tokens must be a torch.LongTensor [batch, length], got {type(tokens).__name__}")
+        raise DataError(
+            f"tokens must be a torch.LongTensor [batch, length], got {type(tokens).__name__}"
+        )
     if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
         raise DataError(f"tokens must be an integer tensor (torch.long), got dtype {tokens.dtype}")
     if tokens.dim() != 2:
@@ -131,17 +141,26 @@ def check_memory_type(memory: Any, expected: type, *, model: str) -> None:
 
 
 def check_memory_tensor(
-    value: Tensor, *, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None
+    value: Tensor,
+    *,
+    name: str,
+    shape: tuple[int, ...],
+    like: Tensor,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Raise unless a memory tensor has ``shape``, ``dtype`` and ``like``'s device."""
     if not isinstance(value, Tensor):
         raise DataError(f"memory field {name} must be a tensor, got {type(value).__name__}")
     if tuple(value.shape) != tuple(shape):
-        raise DataError(f"memory field {name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
+        raise DataError(
+            f"memory field {name} must have shape {tuple(shape)}, got {tuple(value.shape)}"
+        )
     if dtype is not None and value.dtype != dtype:
         raise DataError(f"memory field {name} must have dtype {dtype}, got {value.dtype}")
     if value.device != like.device:
-        raise DataError(f"memory field {name} is on {value.device}, but the tokens are on {like.device}")
+        raise DataError(
+            f"memory field {name} is on {value.device}, but the tokens are on {like.device}"
+        )
 
 
 class SegmentLM(nn.Module):

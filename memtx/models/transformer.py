@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from memtx.config import TransformerConfig
+from memtx.errors import DataError
 from memtx.models.protocol import SegmentLM, StepOutput, check_memory_tensor
 from memtx.modules import Block, RotaryEmbedding
-from memtx.errors import DataError
 
 
 class Transformer(SegmentLM):

@@ -115,7 +115,9 @@ class TransformerXL(SegmentLM):
             shape=(cfg.n_layers, batch, cfg.mem_len, cfg.d_model),
             like=tokens,
         )
-        check_memory_tensor(memory.valid, name="valid", shape=(batch,), like=tokens, dtype=torch.long)
+        check_memory_tensor(
+            memory.valid, name="valid", shape=(batch,), like=tokens, dtype=torch.long
+        )
 
     def step(self, tokens: Tensor, memory: XLMemory) -> StepOutput:
         self.check_tokens(tokens)
@@ -138,9 +140,6 @@ class TransformerXL(SegmentLM):
             if mem_len:
                 new_states.append(torch.cat([cache, x.detach()], dim=1)[:, -mem_len:])
             x = layer(x, cache, distances=distances, allowed=allowed)
-        if mem_len:
-            next_states = torch.stack(new_states)
-        else:
-            next_states = states
+        next_states = torch.stack(new_states) if mem_len else states
         valid = (memory.valid + length).clamp(max=mem_len)
         return StepOutput(self.logits(x), XLMemory(next_states, valid))

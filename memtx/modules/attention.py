@@ -30,7 +30,12 @@ def attend(
         [B, H, Lq, hd].
     """
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, dropout_p=dropout,
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        is_causal=is_causal and mask is None,
+        dropout_p=dropout,
         scale=scale,
     )
 
@@ -74,7 +79,11 @@ class MultiHeadAttention(nn.Module):
             k, v = self.kv_proj(context).chunk(2, dim=-1)
         else:
             q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
-        return split_heads(q, self.n_heads), split_heads(k, self.n_heads), split_heads(v, self.n_heads)
+        return (
+            split_heads(q, self.n_heads),
+            split_heads(k, self.n_heads),
+            split_heads(v, self.n_heads),
+        )
 
     def forward(
         self,
@@ -85,7 +94,7 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         rotary: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Attend from ``x`` [B, L, d] to itself (or to ``context`` [B, S, d]); returns [B, L, d]."""
+        """Attend from ``x`` [B, L, d] to itself (or ``context`` [B, S, d]); returns [B, L, d]."""
         q, k, v = self.project(x, context)
         if rotary is not None:
             cos, sin = rotary

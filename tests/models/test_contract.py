@@ -132,8 +132,15 @@ def test_memory_carries_gradient_and_truncation_cuts_it(key: str) -> None:
     full, cut = {}, {}
     for strategy, store in (("full", full), ("truncated", cut)):
         model.zero_grad()
-        rollout(model, x[:, :-1], x[:, 1:], model.init_memory(2), loss_fn=lm_loss,
-                strategy=strategy, truncate=1)
+        rollout(
+            model,
+            x[:, :-1],
+            x[:, 1:],
+            model.init_memory(2),
+            loss_fn=lm_loss,
+            strategy=strategy,
+            truncate=1,
+        )
         store.update(grads(model))
     differs = any(not torch.allclose(full[n], cut[n]) for n in full)
     assert differs, "detaching the memory between segments changed no gradient"
@@ -146,8 +153,15 @@ def test_truncated_with_window_of_the_rollout_equals_full(key: str) -> None:
     out = {}
     for strategy in ("full", "truncated"):
         model.zero_grad()
-        rollout(model, x[:, :-1], x[:, 1:], model.init_memory(2), loss_fn=lm_loss,
-                strategy=strategy, truncate=3)
+        rollout(
+            model,
+            x[:, :-1],
+            x[:, 1:],
+            model.init_memory(2),
+            loss_fn=lm_loss,
+            strategy=strategy,
+            truncate=3,
+        )
         out[strategy] = grads(model)
     for name in out["full"]:
         torch.testing.assert_close(out["full"][name], out["truncated"][name])

@@ -1,0 +1,202 @@
+"""The ``memtx`` command line: thin wrappers over library functions.
+
+Bad input (a config typo, a missing file, an unknown corpus) prints one line on stderr
+and exits with code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from memtx.errors import MemtxError
+
+app = typer.Typer(
+    name="memtx",
+    help="Memory-augmented transformers: train, evaluate, generate, benchmark.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(
+    help="Benchmarks whose results are committed under benchmarks/.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+_state = {"debug": False}
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _guard(fn):  # type: ignore[no-untyped-def]
+    """Turn our errors into one line on stderr and exit code 2 (unless --debug)."""
+    try:
+        return fn()
+    except MemtxError as exc:
+        if _state["debug"]:
+            raise
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """memtx: long-context models that carry a small memory between segments."""
+    _state["debug"] = debug
+
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
+]
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Run folder to create (or resume).")],
+    config: Annotated[
+        Optional[Path], typer.Option(help="TOML preset, e.g. configs/demo.toml.")
+    ] = None,
+    set_: SetOption = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out from its last checkpoint.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a model: memtx train --config configs/demo.toml --out runs/demo."""
+
+    def run() -> None:
+        from memtx.config import load_run_config
+        from memtx.train import load_saved_run
+        from memtx.train import train as train_run
+
+        if resume:
+            if config is not None:
+                _fail("--resume uses the config saved in --out; drop --config")
+            run_cfg = load_saved_run(out, overrides=set_ or [])
+        else:
+            run_cfg = load_run_config(config, overrides=set_ or [])
+        result = train_run(run_cfg, out_dir=out, resume=resume, progress=progress)
+        summary = {
+            "run": str(result.run_dir),
+            "steps": result.steps,
+            "train_loss": result.final_loss,
+            "tokens_per_s": round(result.tokens_per_s),
+        }
+        if result.valid is not None:
+            summary["valid_bpc"] = round(result.valid.bpc, 4)
+        typer.echo(json.dumps(summary))
+
+    _guard(run)
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[Path, typer.Option(help="Run folder written by memtx train.")],
+    split: Annotated[str, typer.Option(help="valid or test.")] = "valid",
+    data: Annotated[
+        Optional[str], typer.Option(help="Corpus to score instead of the run's.")
+    ] = None,
+    set_: SetOption = None,
+    max_tokens: Annotated[int, typer.Option(help="Score at most this many tokens (0: all).")] = 0,
+    rows: Annotated[int, typer.Option(help="Parallel streams.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Evaluate a trained run, streamed segment by segment: bits per byte / perplexity."""
+
+    def go() -> None:
+        from memtx.train import evaluate_run
+
+        result = evaluate_run(
+            run,
+            split=split,
+            corpus=data,
+            overrides=set_ or [],
+            max_tokens=max_tokens,
+            rows=rows,
+            progress=progress,
+        )
+        if as_json:
+            typer.echo(json.dumps({"split": split, **result.to_dict()}))
+        else:
+            typer.echo(
+                f"{split}: {result.tokens:,} tokens  bpc {result.bpc:.4f}  ppl {result.ppl:.3f}  "
+                f"{result.tokens_per_s:,.0f} tokens/s  peak {result.peak_memory_mb:,.0f} MB"
+            )
+
+    _guard(go)
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option(help="Run folder (replaced if it holds a finished demo).")
+    ] = Path("runs/demo"),
+    config: Annotated[Path, typer.Option(help="Preset to train.")] = Path("configs/demo.toml"),
+    set_: SetOption = None,
+) -> None:
+    """The main job on the bundled defaults: train the demo preset on shakespeare, evaluate it."""
+
+    def go() -> None:
+        from memtx.train import run_demo
+
+        run_demo(config=config, out_dir=out, overrides=set_ or [], echo=typer.echo)
+
+    _guard(go)
+
+
+@bench_app.command("mrbp")
+def bench_mrbp(
+    out: Annotated[Path, typer.Option(help="Folder for mrbp.md, mrbp.png, mrbp.json.")] = Path(
+        "benchmarks"
+    ),
+    rollouts: Annotated[
+        str, typer.Option(help="Comma-separated rollout lengths.")
+    ] = "1,2,4,8,16,32",
+    steps: Annotated[int, typer.Option(help="Timed steps per configuration.")] = 3,
+) -> None:
+    """Peak memory and time per step vs rollout: full BPTT, checkpointing, MRBP (Memformer)."""
+
+    def go() -> None:
+        from memtx.bench.mrbp import run_mrbp_benchmark
+
+        lengths = _int_list(rollouts, name="--rollouts")
+        run_mrbp_benchmark(out_dir=out, rollouts=lengths, steps=steps)
+        typer.echo(f"wrote {out / 'mrbp.md'} and {out / 'mrbp.png'}")
+
+    _guard(go)
+
+
+def _int_list(text: str, *, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"{name} expects comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        _fail(f"{name} expects integers >= 1, got {text!r}")
+    return values
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SystemExit as exc:
+        # click reports usage errors with exit code 2 already; keep others as they are.
+        raise exc
+
+
+if __name__ == "__main__":
+    sys.exit(app())

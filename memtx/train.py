@@ -1,0 +1,568 @@
+"""The training loop: one plain loop for every model and every task.
+
+AdamW with warmup + cosine, gradient clipping, seeds, periodic validation, JSONL
+metrics, a progress bar, atomic checkpoints and exact resume. The segment loop and the
+gradient strategy belong to :mod:`memtx.recurrence`; this file only feeds it rollouts.
+
+A run folder holds ``config.json`` (the resolved config), ``tokenizer.json``,
+``metrics.jsonl``, ``checkpoints/`` and, at the end, ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from memtx.checkpoint import (
+    atomic_write_text,
+    checkpoint_dirs,
+    load_latest,
+    optimizer_from_state,
+    optimizer_to_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from memtx.config import RunConfig, TrainConfig
+from memtx.data import (
+    ByteTokenizer,
+    StreamLoader,
+    Tokenizer,
+    build_tokenizer,
+    encode_documents,
+    load_splits,
+    load_tokenizer,
+)
+from memtx.errors import ConfigError, MemtxError
+from memtx.evaluate import EvalResult, evaluate_tokens
+from memtx.models import SegmentLM, from_config
+from memtx.models.protocol import memory_from_state, memory_state
+from memtx.recurrence import check_strategy, rollout
+
+__all__ = [
+    "PreparedData",
+    "TrainResult",
+    "NonFiniteError",
+    "build_optimizer",
+    "lr_at",
+    "prepare_data",
+    "resolve_device",
+    "train",
+]
+
+
+class NonFiniteError(MemtxError):
+    """A NaN or inf loss or gradient with ``train.on_nonfinite = "stop"``."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class PreparedData:
+    """Tokenized splits of a corpus, ready for the loop and evaluation."""
+
+    tokenizer: Tokenizer
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    bytes_per_token: dict[str, float]
+
+
+def prepare_data(run: RunConfig, *, tokenizer: Tokenizer | None = None) -> PreparedData:
+    """Load the corpus, split it by whole documents, and tokenize each split.
+
+    A BPE tokenizer is trained on the training split unless ``tokenizer`` is given
+    (a resumed or evaluated run passes the one saved with it).
+    """
+    cfg = run.data
+    splits = load_splits(
+        cfg.corpus,
+        cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
+        valid_fraction=cfg.valid_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.split_seed,
+    )
+    if tokenizer is None:
+        if cfg.tokenizer == "byte":
+            tokenizer = ByteTokenizer()
+        else:
+            tokenizer = build_tokenizer(
+                "bpe", train_texts=(d.data for d in splits.train), vocab_size=cfg.bpe_vocab_size
+            )
+    arrays: dict[str, np.ndarray] = {}
+    ratios: dict[str, float] = {}
+    for name in ("train", "valid", "test"):
+        docs = getattr(splits, name)
+        arrays[name] = encode_documents(docs, tokenizer)
+        n_bytes = sum(len(d.data) for d in docs) + 2 * max(len(docs) - 1, 0)
+        ratios[name] = n_bytes / max(len(arrays[name]), 1)
+    return PreparedData(tokenizer, arrays["train"], arrays["valid"], arrays["test"], ratios)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but no CUDA GPU is available here")
+    return device
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices of linear layers (not norms, biases, embeddings)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_matrix = param.dim() >= 2 and "embed" not in name
+        (decay if is_matrix else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lm_loss(count: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """Per-segment loss whose sum over the rollout is the mean cross-entropy per token."""
+
+    def loss_fn(logits: Tensor, targets: Tensor) -> Tensor:
+        flat = logits.float().flatten(0, 1)
+        return F.cross_entropy(flat, targets.flatten(), reduction="sum", ignore_index=-100) / count
+
+    return loss_fn
+
+
+def _grad_norm(model: torch.nn.Module) -> Tensor:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed-and-finished) run reports."""
+
+    run_dir: Path
+    steps: int
+    final_loss: float
+    valid: EvalResult | None
+    tokens_per_s: float
+    history: list[dict[str, Any]]
+
+
+def _write_json(path: Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=1) + "\n")
+
+
+def _prepare_run_dir(out_dir: Path, run: RunConfig, *, resume: bool) -> RunConfig:
+    """Check the run folder and, on resume, return the config saved in it."""
+    saved = out_dir / "config.json"
+    if resume:
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {out_dir} holds no run (no config.json)")
+        return run
+    if saved.exists() or checkpoint_dirs(out_dir):
+        raise ConfigError(
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    return run
+
+
+def train(
+    run: RunConfig,
+    *,
+    out_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    data: PreparedData | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``run.model`` on ``run.data`` as ``run.train`` says, into ``out_dir``.
+
+    Args:
+        run: the validated run config (on resume, pass the saved one with overrides).
+        out_dir: the run folder (created; must not hold another run unless ``resume``).
+        resume: continue from the newest intact checkpoint in ``out_dir``.
+        progress: show a progress bar.
+        data: already prepared data (tests and benchmarks reuse it).
+        stop_after: stop (with a checkpoint) after this many steps of this call, as if
+            interrupted; used to test resume.
+
+    Raises:
+        ConfigError: bad config combination, or an ``out_dir`` that holds another run.
+        DataError: a corpus that cannot be read.
+        NonFiniteError: a NaN/inf loss or gradient with ``on_nonfinite = "stop"``.
+    """
+    out_dir = Path(out_dir)
+    cfg = run.train
+    check_strategy(cfg.strategy, truncate=cfg.truncate)
+    device = resolve_device(cfg.device)
+    _prepare_run_dir(out_dir, run, resume=resume)
+
+    # Data first: a bad corpus must fail before anything is written.
+    tokenizer = (
+        load_tokenizer(out_dir) if resume and (out_dir / "tokenizer.json").exists() else None
+    )
+    data = data or prepare_data(run, tokenizer=tokenizer)
+    model_cfg = run.model
+    if model_cfg.vocab_size != data.tokenizer.vocab_size:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=data.tokenizer.vocab_size)
+        run = dataclasses.replace(run, model=model_cfg)
+    window = cfg.rollout * model_cfg.segment_len
+    loader = StreamLoader(data.train, batch_size=cfg.batch_size, window=window)
+
+    seed_everything(cfg.seed)
+    model: SegmentLM = from_config(model_cfg).to(device)
+    optimizer = build_optimizer(model, cfg)
+    memory = model.init_memory(cfg.batch_size, device=device)
+    start_step = 0
+    history: list[dict[str, Any]] = []
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        checkpoint = load_latest(out_dir, map_location=device)
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint.model)
+            optimizer_from_state(optimizer, checkpoint.state, checkpoint.meta["optimizer"])
+            loader.load_state_dict(checkpoint.meta["loader"])
+            memory = memory_from_state(memory, checkpoint.state)
+            set_rng_state({k: v.cpu() for k, v in checkpoint.state.items()}, checkpoint.meta["rng"])
+            start_step = checkpoint.step
+    else:
+        _write_json(out_dir / "config.json", run.to_dict())
+        data.tokenizer.save(out_dir)
+    metrics_path = out_dir / "metrics.jsonl"
+    if resume and metrics_path.exists():
+        # Drop lines written after the checkpoint we resume from: they will be redone.
+        kept = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        history = [m for m in kept if m["step"] <= start_step]
+        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+
+    def checkpoint_now(step: int) -> None:
+        optim_tensors, optim_meta = optimizer_to_state(optimizer)
+        rng_tensors, rng_meta = rng_state()
+        save_checkpoint(
+            out_dir,
+            step=step,
+            model_state=model.state_dict(),
+            state={**optim_tensors, **rng_tensors, **memory_state(memory)},
+            meta={
+                "config": run.to_dict(),
+                "loader": loader.state_dict(),
+                "optimizer": optim_meta,
+                "rng": rng_meta,
+            },
+            keep=cfg.keep_checkpoints,
+        )
+
+    def validate(step: int) -> EvalResult:
+        result = evaluate_tokens(
+            model,
+            data.valid,
+            rows=min(cfg.batch_size, 8),
+            max_tokens=cfg.eval_tokens,
+            bytes_per_token=data.bytes_per_token["valid"],
+            device=device,
+        )
+        log(
+            {
+                "step": step,
+                "split": "valid",
+                "loss": result.loss,
+                "bpc": result.bpc,
+                "ppl": result.ppl,
+            }
+        )
+        return result
+
+    metrics_file = metrics_path.open("a", encoding="utf-8")
+
+    def log(entry: dict[str, Any]) -> None:
+        history.append(entry)
+        metrics_file.write(json.dumps(entry) + "\n")
+        metrics_file.flush()
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    )
+    model.train()
+    tokens_done, began, last_loss = 0, time.perf_counter(), float("nan")
+    valid_result: EvalResult | None = None
+    end_step = cfg.steps if stop_after is None else min(cfg.steps, start_step + stop_after)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        for step in range(start_step, end_step):
+            batch = loader.next_batch()
+            if batch.reset:
+                memory = model.init_memory(cfg.batch_size, device=device)
+            tokens = batch.tokens.to(device, non_blocking=True)
+            inputs, targets = tokens[:, :-1], tokens[:, 1:]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                result = rollout(
+                    model,
+                    inputs,
+                    targets,
+                    memory,
+                    loss_fn=_lm_loss(targets.numel()),
+                    strategy=cfg.strategy,
+                    truncate=cfg.truncate,
+                )
+            loss = float(result.loss)
+            norm = _grad_norm(model)
+            if not (math.isfinite(loss) and torch.isfinite(norm)):
+                what = "loss" if not math.isfinite(loss) else "gradient norm"
+                message = (
+                    f"non-finite {what} at step {step + 1} (loss={loss}, grad_norm={float(norm)})"
+                )
+                if cfg.on_nonfinite == "stop":
+                    raise NonFiniteError(message + "; the last checkpoint is intact")
+                log({"step": step + 1, "skipped": message})
+                optimizer.zero_grad(set_to_none=True)
+                memory = model.init_memory(cfg.batch_size, device=device)
+                bar.update(1)
+                continue
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            memory = result.memory
+            tokens_done += targets.numel()
+            last_loss = loss
+            rate = tokens_done / max(time.perf_counter() - began, 1e-9)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                log(
+                    {
+                        "step": done,
+                        "split": "train",
+                        "loss": loss,
+                        "bpc": loss / math.log(2),
+                        "lr": lr_at(step, cfg),
+                        "grad_norm": float(norm),
+                        "tokens_per_s": rate,
+                    }
+                )
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+            bar.update(1)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+                validate(done)
+                model.train()
+            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == end_step:
+                checkpoint_now(done)
+        final_step = end_step
+        if final_step == cfg.steps and len(data.valid) > 1:
+            valid_result = validate(final_step)
+    finally:
+        bar.close()
+        metrics_file.close()
+    if final_step == cfg.steps:
+        plot_losses(history, out_dir / "loss.png")
+    return TrainResult(
+        run_dir=out_dir,
+        steps=final_step,
+        final_loss=last_loss,
+        valid=valid_result,
+        tokens_per_s=tokens_done / max(time.perf_counter() - began, 1e-9),
+        history=history,
+    )
+
+
+def plot_losses(history: list[dict[str, Any]], path: Path, *, title: str = "") -> None:
+    """Train and validation bits per token against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for split, style in (("train", "-"), ("valid", "o-")):
+        points = [(m["step"], m["bpc"]) for m in history if m.get("split") == split]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, style, label=split)
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per token (bpc for bytes)")
+    ax.set_title(title or "memtx training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def load_saved_run(run_dir: Path, *, overrides: list[str] | None = None) -> RunConfig:
+    """The config saved in a run folder, with ``--set`` overrides applied.
+
+    Raises:
+        ConfigError: no run in the folder, or a bad override.
+    """
+    from memtx.config import parse_overrides
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} holds no run (no config.json); train one with memtx train")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read: {exc}") from None
+    for section, values in parse_overrides(overrides or []).items():
+        raw.setdefault(section, {}).update(values)
+    return RunConfig.from_dict(raw)
+
+
+def load_trained(
+    run_dir: Path, *, overrides: list[str] | None = None, device: torch.device | str | None = None
+) -> tuple[RunConfig, SegmentLM]:
+    """The run's config and its model with the newest intact checkpoint's weights.
+
+    ``overrides`` may change model fields that do not change the weights (e.g.
+    ``model.mem_len=0`` to evaluate Transformer-XL without its cache).
+    """
+    run = load_saved_run(run_dir, overrides=overrides)
+    device = torch.device(device) if device is not None else resolve_device(run.train.device)
+    checkpoint = load_latest(run_dir, map_location=device)
+    if checkpoint is None:
+        raise ConfigError(f"{run_dir} has no intact checkpoint to load")
+    model = from_config(run.model).to(device)
+    try:
+        model.load_state_dict(checkpoint.model)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ConfigError(f"the checkpoint does not fit the model config: {first}") from None
+    model.eval()
+    return run, model
+
+
+def evaluate_run(
+    run_dir: Path,
+    *,
+    split: str = "valid",
+    corpus: str | None = None,
+    overrides: list[str] | None = None,
+    max_tokens: int = 0,
+    rows: int = 8,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate a trained run on a split of its corpus (or of ``corpus``)."""
+    if split not in ("valid", "test"):
+        raise ConfigError(f"--split must be valid or test, got {split!r}")
+    run, model = load_trained(run_dir, overrides=overrides)
+    if corpus is not None:
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, corpus=corpus))
+    data = prepare_data(run, tokenizer=load_tokenizer(Path(run_dir)))
+    tokens = getattr(data, split)
+    return evaluate_tokens(
+        model,
+        tokens,
+        rows=rows,
+        max_tokens=max_tokens,
+        bytes_per_token=data.bytes_per_token[split],
+        progress=progress,
+    )
+
+
+def _free_dir(path: Path) -> Path:
+    """``path`` if it does not exist yet, else ``path-2``, ``path-3``... (never overwrite)."""
+    candidate, index = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}-{index}")
+        index += 1
+    return candidate
+
+
+def run_demo(
+    *,
+    config: Path,
+    out_dir: Path,
+    overrides: list[str] | None = None,
+    echo: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train the demo preset, evaluate before and after, print a table, plot the losses."""
+    from memtx.config import load_run_config
+
+    run = load_run_config(config, overrides=overrides or [])
+    out_dir = _free_dir(Path(out_dir))
+    data = prepare_data(run)
+    seed_everything(run.train.seed)
+    untrained = from_config(dataclasses.replace(run.model, vocab_size=data.tokenizer.vocab_size))
+    budget = run.train.eval_tokens
+    before = evaluate_tokens(
+        untrained,
+        data.valid,
+        rows=8,
+        max_tokens=budget,
+        bytes_per_token=data.bytes_per_token["valid"],
+    )
+    echo(
+        f"demo: {run.model.name}, {untrained.num_parameters() / 1e6:.2f}M parameters, "
+        f"{run.train.steps} steps of {run.train.batch_size} x {run.train.rollout} x "
+        f"{run.model.segment_len} tokens on {run.data.corpus} -> {out_dir}"
+    )
+    result = train(run, out_dir=out_dir, data=data)
+    after = result.valid
+    assert after is not None
+    rows = [
+        ("", "valid bpc", "tokens/s"),
+        ("before training", f"{before.bpc:.3f}", f"{before.tokens_per_s:,.0f} (eval)"),
+        ("after training", f"{after.bpc:.3f}", f"{result.tokens_per_s:,.0f} (train)"),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    echo("\n".join(lines))
+    echo(f"loss curves: {out_dir / 'loss.png'}   metrics: {out_dir / 'metrics.jsonl'}")
+    return result
