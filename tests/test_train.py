@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def test_out_dir_with_a_run_is_never_overwritten(tmp_path: Path, shakespeare) ->
 def test_bad_corpus_leaves_no_files(tmp_path: Path) -> None:
     from memtx.errors import DataError
 
-    with pytest.raises(DataError, match="missing.txt"):
+    with pytest.raises(DataError, match=r"missing\.txt"):
         train(
             tiny_run(f"data.corpus={tmp_path / 'missing.txt'}"),
             out_dir=tmp_path / "run",
@@ -93,7 +94,7 @@ def test_schedule_warms_up_then_decays() -> None:
     assert lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(100, cfg) == pytest.approx(0.1)
     values = [lr_at(s, cfg) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(values))
 
 
 def test_local_text_file_and_bpe(tmp_path: Path) -> None:
