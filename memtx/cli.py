@@ -37,8 +37,13 @@ def _fail(message: str) -> None:
 
 def _guard(fn):  # type: ignore[no-untyped-def]
     """Turn our errors into one line on stderr and exit code 2 (unless --debug)."""
+    from memtx.train import TrainingInterrupted
+
     try:
         return fn()
+    except TrainingInterrupted as exc:
+        typer.echo(f"interrupted: {exc}", err=True)
+        raise typer.Exit(130) from None
     except MemtxError as exc:
         if _state["debug"]:
             raise

@@ -10,12 +10,15 @@ A run folder holds ``config.json`` (the resolved config), ``tokenizer.json``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +60,7 @@ __all__ = [
     "PreparedData",
     "TrainResult",
     "NonFiniteError",
+    "TrainingInterrupted",
     "build_optimizer",
     "lr_at",
     "prepare_data",
@@ -67,6 +71,35 @@ __all__ = [
 
 class NonFiniteError(MemtxError):
     """A NaN or inf loss or gradient with ``train.on_nonfinite = "stop"``."""
+
+
+class TrainingInterrupted(MemtxError):
+    """SIGINT or SIGTERM arrived; a checkpoint was written and the run can be resumed."""
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[dict[str, int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step.
+
+    A kill mid-step would lose the step anyway; finishing it and checkpointing loses
+    nothing. A second signal interrupts at once.
+    """
+    caught: dict[str, int] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if caught:
+            raise KeyboardInterrupt
+        caught["signal"] = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # --------------------------------------------------------------------------- data
@@ -337,6 +370,8 @@ def train(
         disable=not progress,
         dynamic_ncols=True,
     )
+    signals = _stop_signals()
+    caught = signals.__enter__()
     try:
         for step in range(start_step, end_step):
             batch = loader.next_batch()
@@ -396,12 +431,20 @@ def train(
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
                 validate(done)
                 model.train()
-            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == end_step:
+            periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+            if periodic or done == end_step or caught:
                 checkpoint_now(done)
+            if caught:
+                name = signal.Signals(caught["signal"]).name
+                raise TrainingInterrupted(
+                    f"{name} at step {done}: checkpoint written; continue with "
+                    f"memtx train --out {out_dir} --resume"
+                )
         final_step = end_step
         if final_step == cfg.steps and len(data.valid) > 1:
             valid_result = validate(final_step)
     finally:
+        signals.__exit__(None, None, None)
         bar.close()
         metrics_file.close()
     if final_step == cfg.steps:
