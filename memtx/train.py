@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from memtx import distributed
 from memtx.checkpoint import (
     atomic_write_text,
     checkpoint_dirs,
@@ -53,7 +54,7 @@ from memtx.data import (
 from memtx.errors import ConfigError, MemtxError
 from memtx.evaluate import EvalResult, evaluate_tokens
 from memtx.models import SegmentLM, from_config
-from memtx.models.protocol import memory_from_state, memory_state
+from memtx.models.protocol import memory_from_state, memory_state, select_rows
 from memtx.recurrence import check_strategy, rollout
 
 __all__ = [
@@ -215,6 +216,7 @@ def _grad_norm(model: torch.nn.Module) -> Tensor:
 class TrainResult:
     """What a finished (or resumed-and-finished) run reports."""
 
+    model: SegmentLM
     run_dir: Path
     steps: int
     final_loss: float
@@ -271,6 +273,14 @@ def train(
     check_strategy(cfg.strategy, truncate=cfg.truncate)
     device = resolve_device(cfg.device)
     _prepare_run_dir(out_dir, run, resume=resume)
+    ctx = distributed.setup(device)
+    device = ctx.device
+    if cfg.batch_size % ctx.world_size:
+        raise ConfigError(
+            f"train.batch_size ({cfg.batch_size}) is the global batch and must be divisible by "
+            f"the number of processes ({ctx.world_size})"
+        )
+    rows = cfg.batch_size // ctx.world_size  # this rank's streams
 
     # Data first: a bad corpus must fail before anything is written.
     tokenizer = (
@@ -282,51 +292,73 @@ def train(
         model_cfg = dataclasses.replace(model_cfg, vocab_size=data.tokenizer.vocab_size)
         run = dataclasses.replace(run, model=model_cfg)
     window = cfg.rollout * model_cfg.segment_len
-    loader = StreamLoader(data.train, batch_size=cfg.batch_size, window=window)
+    loader = StreamLoader(
+        data.train, batch_size=rows, window=window, rank=ctx.rank, world_size=ctx.world_size
+    )
 
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
     model: SegmentLM = from_config(model_cfg).to(device)
     optimizer = build_optimizer(model, cfg)
-    memory = model.init_memory(cfg.batch_size, device=device)
+    memory = model.init_memory(rows, device=device)
+    if ctx.active:
+        # Each rank draws its own dropout masks; rank 0 keeps the single-process stream.
+        torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)
     start_step = 0
     history: list[dict[str, Any]] = []
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(ctx)
     if resume:
         checkpoint = load_latest(out_dir, map_location=device)
         if checkpoint is not None:
             model.load_state_dict(checkpoint.model)
             optimizer_from_state(optimizer, checkpoint.state, checkpoint.meta["optimizer"])
             loader.load_state_dict(checkpoint.meta["loader"])
-            memory = memory_from_state(memory, checkpoint.state)
-            set_rng_state({k: v.cpu() for k, v in checkpoint.state.items()}, checkpoint.meta["rng"])
             start_step = checkpoint.step
-    else:
+            saved_rows = int(checkpoint.meta.get("memory_rows", 0))
+            if saved_rows == cfg.batch_size:  # the global memory: take this rank's rows
+                full = memory_from_state(
+                    model.init_memory(saved_rows, device=device), checkpoint.state
+                )
+                memory = select_rows(full, ctx.rank * rows, (ctx.rank + 1) * rows)
+            if ctx.is_main:
+                set_rng_state(
+                    {k: v.cpu() for k, v in checkpoint.state.items()}, checkpoint.meta["rng"]
+                )
+            else:
+                torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank + start_step)
+    elif ctx.is_main:
         _write_json(out_dir / "config.json", run.to_dict())
         data.tokenizer.save(out_dir)
     metrics_path = out_dir / "metrics.jsonl"
-    if resume and metrics_path.exists():
+    if resume and metrics_path.exists() and ctx.is_main:
         # Drop lines written after the checkpoint we resume from: they will be redone.
         kept = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
         history = [m for m in kept if m["step"] <= start_step]
         atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
 
     def checkpoint_now(step: int) -> None:
-        optim_tensors, optim_meta = optimizer_to_state(optimizer)
-        rng_tensors, rng_meta = rng_state()
-        save_checkpoint(
-            out_dir,
-            step=step,
-            model_state=model.state_dict(),
-            state={**optim_tensors, **rng_tensors, **memory_state(memory)},
-            meta={
-                "config": run.to_dict(),
-                "loader": loader.state_dict(),
-                "optimizer": optim_meta,
-                "rng": rng_meta,
-            },
-            keep=cfg.keep_checkpoints,
-        )
+        full_memory = distributed.gather_memory(memory, ctx)  # collective: every rank
+        if ctx.is_main:
+            optim_tensors, optim_meta = optimizer_to_state(optimizer)
+            rng_tensors, rng_meta = rng_state()
+            save_checkpoint(
+                out_dir,
+                step=step,
+                model_state=model.state_dict(),
+                state={**optim_tensors, **rng_tensors, **memory_state(full_memory)},
+                meta={
+                    "config": run.to_dict(),
+                    "loader": loader.state_dict(),
+                    "optimizer": optim_meta,
+                    "rng": rng_meta,
+                    "memory_rows": cfg.batch_size,
+                    "world_size": ctx.world_size,
+                },
+                keep=cfg.keep_checkpoints,
+            )
+        distributed.barrier(ctx)
 
     def validate(step: int) -> EvalResult:
         result = evaluate_tokens(
@@ -348,12 +380,13 @@ def train(
         )
         return result
 
-    metrics_file = metrics_path.open("a", encoding="utf-8")
+    metrics_file = metrics_path.open("a", encoding="utf-8") if ctx.is_main else None
 
     def log(entry: dict[str, Any]) -> None:
         history.append(entry)
-        metrics_file.write(json.dumps(entry) + "\n")
-        metrics_file.flush()
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(entry) + "\n")
+            metrics_file.flush()
 
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -367,7 +400,7 @@ def train(
         initial=start_step,
         desc="train",
         unit="step",
-        disable=not progress,
+        disable=not (progress and ctx.is_main),
         dynamic_ncols=True,
     )
     signals = _stop_signals()
@@ -376,7 +409,7 @@ def train(
         for step in range(start_step, end_step):
             batch = loader.next_batch()
             if batch.reset:
-                memory = model.init_memory(cfg.batch_size, device=device)
+                memory = model.init_memory(rows, device=device)
             tokens = batch.tokens.to(device, non_blocking=True)
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
             for group in optimizer.param_groups:
@@ -392,7 +425,8 @@ def train(
                     strategy=cfg.strategy,
                     truncate=cfg.truncate,
                 )
-            loss = float(result.loss)
+            distributed.average_gradients(model, ctx)
+            loss = distributed.mean(float(result.loss), ctx)
             norm = _grad_norm(model)
             if not (math.isfinite(loss) and torch.isfinite(norm)):
                 what = "loss" if not math.isfinite(loss) else "gradient norm"
@@ -403,14 +437,14 @@ def train(
                     raise NonFiniteError(message + "; the last checkpoint is intact")
                 log({"step": step + 1, "skipped": message})
                 optimizer.zero_grad(set_to_none=True)
-                memory = model.init_memory(cfg.batch_size, device=device)
+                memory = model.init_memory(rows, device=device)
                 bar.update(1)
                 continue
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             memory = result.memory
-            tokens_done += targets.numel()
+            tokens_done += targets.numel() * ctx.world_size
             last_loss = loss
             rate = tokens_done / max(time.perf_counter() - began, 1e-9)
             done = step + 1
@@ -446,10 +480,12 @@ def train(
     finally:
         signals.__exit__(None, None, None)
         bar.close()
-        metrics_file.close()
-    if final_step == cfg.steps:
+        if metrics_file is not None:
+            metrics_file.close()
+    if final_step == cfg.steps and ctx.is_main:
         plot_losses(history, out_dir / "loss.png")
     return TrainResult(
+        model=model,
         run_dir=out_dir,
         steps=final_step,
         final_loss=last_loss,

@@ -85,6 +85,31 @@ def map_memory(fn: Callable[[Tensor], Tensor], memory: Memory) -> Memory:
     )
 
 
+def memory_batch_dims(memory: Memory) -> list[int]:
+    """The batch dimension of each leaf: 0 unless the memory type declares ``batch_dims``.
+
+    Transformer-XL keeps DESIGN's ``[layers, B, mem_len, d]`` layout and declares
+    ``batch_dims = (1, 0)``; every other memory is batch-first.
+    """
+    declared = getattr(type(memory), "batch_dims", None)
+    leaves = memory_leaves(memory)
+    return list(declared) if declared is not None else [0] * len(leaves)
+
+
+def select_rows(memory: Memory, start: int, stop: int) -> Memory:
+    """Rows ``[start, stop)`` of every leaf along its batch dimension."""
+    dims = iter(memory_batch_dims(memory))
+    return map_memory(lambda t: t.narrow(next(dims), start, stop - start), memory)
+
+
+def concat_rows(memories: list[Memory]) -> Memory:
+    """Stack memories of several row groups (e.g. one per rank) along the batch dimension."""
+    dims = memory_batch_dims(memories[0])
+    columns = [memory_leaves(m) for m in memories]
+    leaves = iter(torch.cat([c[i] for c in columns], dim=dims[i]) for i in range(len(dims)))
+    return map_memory(lambda _: next(leaves), memories[0])
+
+
 def detach_memory(memory: Memory) -> Memory:
     """The same memory cut from the autograd graph."""
     return map_memory(lambda t: t.detach(), memory)

@@ -44,6 +44,8 @@ class XLMemory(NamedTuple):
     states: Tensor
     valid: Tensor
 
+    batch_dims = (1, 0)  # not a field: where the batch sits in each leaf
+
 
 class RelativeAttentionLayer(nn.Module):
     """One pre-LN Transformer-XL layer: relative multi-head attention + FFN."""
