@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from memtx.errors import MemtxError
@@ -222,9 +223,10 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports ENOSPC as its own error
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"cannot write checkpoint {final}: {exc.strerror or exc}") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CheckpointError(f"cannot write checkpoint {final}: {reason}") from None
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -78,8 +78,20 @@ def train(
         bool, typer.Option(help="Continue the run in --out from its last checkpoint.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    device: Annotated[
+        Optional[str], typer.Option(help="cpu, cuda, cuda:N or auto (= --set train.device=...).")
+    ] = None,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model (slow first step).")
+    ] = False,
 ) -> None:
-    """Train a model: memtx train --config configs/demo.toml --out runs/demo."""
+    """Train a model: memtx train --config configs/demo.toml --out runs/demo.
+
+    Several processes: torchrun --nproc_per_node=N -m memtx train ... (train.batch_size
+    is the global batch, split over the processes).
+    """
+    extra = [f"train.device={device}"] if device else []
+    extra += ["train.compile=true"] if compile_ else []
 
     def run() -> None:
         from memtx.config import load_run_config
@@ -89,9 +101,9 @@ def train(
         if resume:
             if config is not None:
                 _fail("--resume uses the config saved in --out; drop --config")
-            run_cfg = load_saved_run(out, overrides=set_ or [])
+            run_cfg = load_saved_run(out, overrides=[*(set_ or []), *extra])
         else:
-            run_cfg = load_run_config(config, overrides=set_ or [])
+            run_cfg = load_run_config(config, overrides=[*(set_ or []), *extra])
         result = train_run(run_cfg, out_dir=out, resume=resume, progress=progress)
         summary = {
             "run": str(result.run_dir),

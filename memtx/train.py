@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from memtx import distributed
 from memtx.checkpoint import (
+    CheckpointError,
     atomic_write_text,
     checkpoint_dirs,
     load_latest,
@@ -299,6 +300,9 @@ def train(
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model: SegmentLM = from_config(model_cfg).to(device)
     optimizer = build_optimizer(model, cfg)
+    if cfg.compile:
+        # The driver calls ``step``; compiling that bound method covers every model.
+        model.step = torch.compile(model.step)  # type: ignore[method-assign]
     memory = model.init_memory(rows, device=device)
     if ctx.active:
         # Each rank draws its own dropout masks; rank 0 keeps the single-process stream.
@@ -334,8 +338,13 @@ def train(
     metrics_path = out_dir / "metrics.jsonl"
     if resume and metrics_path.exists() and ctx.is_main:
         # Drop lines written after the checkpoint we resume from: they will be redone.
-        kept = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-        history = [m for m in kept if m["step"] <= start_step]
+        kept = []
+        for line in metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                kept.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+        history = [m for m in kept if isinstance(m, dict) and m.get("step", 0) <= start_step]
         atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
 
     def checkpoint_now(step: int) -> None:
@@ -385,8 +394,14 @@ def train(
     def log(entry: dict[str, Any]) -> None:
         history.append(entry)
         if metrics_file is not None:
-            metrics_file.write(json.dumps(entry) + "\n")
-            metrics_file.flush()
+            try:
+                metrics_file.write(json.dumps(entry) + "\n")
+                metrics_file.flush()
+            except OSError as exc:
+                raise CheckpointError(
+                    f"cannot write {metrics_path}: {exc.strerror or exc}; the last checkpoint "
+                    "is intact"
+                ) from None
 
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -410,7 +425,10 @@ def train(
             batch = loader.next_batch()
             if batch.reset:
                 memory = model.init_memory(rows, device=device)
-            tokens = batch.tokens.to(device, non_blocking=True)
+            tokens = batch.tokens
+            if device.type == "cuda":
+                tokens = tokens.pin_memory()
+            tokens = tokens.to(device, non_blocking=True)
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
