@@ -163,13 +163,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices of linear layers (not norms, biases, embeddings)."""
+    """AdamW; weight decay only on the weights of linear layers.
+
+    Norms, biases, embeddings and memory parameters (Memformer's slot biases, RMT's
+    initial memory) are not decayed: shrinking them changes what the memory holds.
+    """
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_matrix = param.dim() >= 2 and "embed" not in name
-        (decay if is_matrix else no_decay).append(param)
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if id(param) in linear else no_decay).append(param)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -1,0 +1,1 @@
+"""Benchmarks: speed and memory of the models and gradient strategies (``memtx bench``)."""
