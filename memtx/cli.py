@@ -174,6 +174,33 @@ def demo(
     _guard(go)
 
 
+@app.command()
+def inspect(
+    run: Annotated[Path, typer.Option(help="A trained Memformer run folder.")],
+    data: Annotated[
+        Optional[str], typer.Option(help="Corpus to read instead of the run's.")
+    ] = None,
+    document: Annotated[int, typer.Option(help="Index of the document in the split.")] = 0,
+    split: Annotated[str, typer.Option(help="valid or test.")] = "valid",
+    max_segments: Annotated[int, typer.Option(help="Segments of the document to read.")] = 64,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Folder for the PNGs (default RUN/inspect).")
+    ] = None,
+) -> None:
+    """What Memformer's memory does: retention vs writing per slot and segment, as heatmaps."""
+
+    def go() -> None:
+        from memtx.inspect import inspect_memory
+
+        report = inspect_memory(
+            run, corpus=data, document=document, split=split, max_segments=max_segments, out_dir=out
+        )
+        typer.echo(report.summary())
+        typer.echo("wrote " + ", ".join(str(f) for f in report.files))
+
+    _guard(go)
+
+
 @bench_app.command("mrbp")
 def bench_mrbp(
     out: Annotated[Path, typer.Option(help="Folder for mrbp.md, mrbp.png, mrbp.json.")] = Path(

@@ -24,4 +24,8 @@ TINY = [
 
 
 def tiny_run(*extra: str) -> RunConfig:
-    return load_run_config(None, overrides=[*TINY, *extra])
+    """TINY with ``extra`` applied; choosing another model drops Transformer-XL's mem_len."""
+    base = TINY
+    if any(item.startswith("model.name=") for item in extra):
+        base = [item for item in TINY if not item.startswith(("model.name", "model.mem_len"))]
+    return load_run_config(None, overrides=[*base, *extra])

@@ -90,7 +90,13 @@ def test_toml_errors_are_named(tmp_path: Path) -> None:
 
 
 def test_bundled_presets_are_valid() -> None:
-    for path in sorted(Path("configs").glob("*.toml")):
+    import tomllib
+
+    presets = sorted(Path("configs").glob("*.toml"))
+    assert presets
+    for path in presets:
+        if "electra" in tomllib.loads(path.read_text()):
+            continue  # ELECTRA pre-training presets: checked in tests/test_electra.py
         load_run_config(path)
 
 

@@ -1,0 +1,177 @@
+"""What Memformer's memory does: the writer's attention over one document, as in the paper.
+
+For every segment and slot, the writer puts some weight on the slot itself (retention)
+and the rest on the previous segment's tokens (writing). ``inspect_memory`` streams a
+document through a trained Memformer, collects that attention from ``aux``, and reports
+
+- retention per slot and segment (a heatmap, and per-slot means in the summary);
+- which tokens each slot writes most (attention summed over the document);
+- each slot's forgetting-bias norm ||v_i|| (BMN).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memtx.data import load_tokenizer
+from memtx.errors import ConfigError, DataError
+
+__all__ = ["MemoryReport", "inspect_memory"]
+
+
+@dataclass
+class MemoryReport:
+    """The analysis of one document.
+
+    Attributes:
+        retention: [segments, slots] mean weight (over heads) a slot keeps on itself.
+        top_tokens: per slot, the (token text, weight) pairs it writes most.
+        bias_norms: [slots] ||v_i|| of BMN (empty without forgetting).
+        document: the document's name.
+        files: the PNG and text files written.
+    """
+
+    retention: np.ndarray
+    top_tokens: list[list[tuple[str, float]]]
+    bias_norms: np.ndarray
+    document: str
+    files: list[Path]
+
+    def summary(self) -> str:
+        keep = self.retention[1:] if len(self.retention) > 1 else self.retention
+        lines = [
+            f"document {self.document}: {len(self.retention)} segments, "
+            f"{self.retention.shape[1]} slots",
+            f"mean retention {keep.mean():.3f} (min slot {keep.mean(0).min():.3f}, "
+            f"max slot {keep.mean(0).max():.3f}); writing takes the rest",
+        ]
+        for slot, tokens in enumerate(self.top_tokens):
+            norm = f"  |v|={self.bias_norms[slot]:.2f}" if len(self.bias_norms) else ""
+            shown = " ".join(f"{t!r}:{w:.2f}" for t, w in tokens[:6])
+            lines.append(
+                f"slot {slot:2d} retention {keep[:, slot].mean():.3f}{norm}  writes {shown}"
+            )
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def inspect_memory(
+    run_dir: Path,
+    *,
+    corpus: str | None = None,
+    document: int = 0,
+    split: str = "valid",
+    max_segments: int = 64,
+    out_dir: Path | None = None,
+    top: int = 8,
+) -> MemoryReport:
+    """Analyse a trained Memformer's writer on one document of ``split``.
+
+    Raises:
+        ConfigError: the run is not a Memformer with memory.
+        DataError: the document index is out of range.
+    """
+    import dataclasses
+
+    from memtx.data import load_splits
+    from memtx.train import load_trained
+
+    run, model = load_trained(Path(run_dir), device="cpu")
+    cfg = run.model
+    if cfg.name != "memformer" or not getattr(cfg, "use_memory", False):
+        raise ConfigError(f"memtx inspect needs a Memformer run with memory, got {cfg.name!r}")
+    if corpus is not None:
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, corpus=corpus))
+    splits = load_splits(
+        run.data.corpus,
+        valid_fraction=run.data.valid_fraction,
+        test_fraction=run.data.test_fraction,
+        seed=run.data.split_seed,
+    )
+    docs = getattr(splits, split)
+    if not 0 <= document < len(docs):
+        raise DataError(f"--document must be in [0, {len(docs)}), got {document}")
+    tokenizer = load_tokenizer(Path(run_dir))
+    ids = tokenizer.encode(docs[document].data)[: max_segments * cfg.segment_len]
+    tokens = torch.from_numpy(ids.astype(np.int64))[None]  # (1, N)
+
+    memory = model.init_memory(1)
+    retention: list[np.ndarray] = []
+    writes: list[Counter[str]] = [Counter() for _ in range(cfg.memory_slots)]
+    previous: torch.Tensor | None = None
+    for start in range(0, tokens.shape[1], cfg.segment_len):
+        segment = tokens[:, start : start + cfg.segment_len]
+        out = model.step(segment, memory)
+        attention = out.aux["write_attention"][0].mean(0)  # (slots, 1 + L), over heads
+        retention.append(attention[:, 0].numpy())
+        if previous is not None:  # the writer read the previous segment
+            for position, token in enumerate(previous[0].tolist()):
+                text = tokenizer.decode([token])
+                for slot in range(cfg.memory_slots):
+                    writes[slot][text] += float(attention[slot, 1 + position])
+        previous = segment
+        memory = out.memory
+    bias = model.slot_bias.norm(dim=-1).numpy() if model.slot_bias is not None else np.zeros(0)
+    report = MemoryReport(
+        retention=np.stack(retention),
+        top_tokens=[[(t, w) for t, w in c.most_common(top)] for c in writes],
+        bias_norms=bias,
+        document=docs[document].name,
+        files=[],
+    )
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "inspect"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.files = _plot(report, out_dir)
+    text = out_dir / "memory.txt"
+    text.write_text(report.summary() + "\n", encoding="utf-8")
+    (out_dir / "memory.json").write_text(
+        json.dumps(
+            {
+                "document": report.document,
+                "retention": report.retention.tolist(),
+                "top_tokens": report.top_tokens,
+                "bias_norms": report.bias_norms.tolist(),
+            }
+        ),
+        encoding="utf-8",
+    )
+    report.files.append(text)
+    return report
+
+
+def _plot(report: MemoryReport, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    image = ax.imshow(report.retention.T, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xlabel("segment")
+    ax.set_ylabel("slot")
+    ax.set_title(f"writer: weight each slot keeps on itself (retention), {report.document}")
+    fig.colorbar(image, ax=ax, label="retention (1 - writing)")
+    fig.tight_layout()
+    path = out_dir / "retention.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    files.append(path)
+    if len(report.bias_norms):
+        fig, ax = plt.subplots(figsize=(8, 3))
+        ax.bar(range(len(report.bias_norms)), report.bias_norms)
+        ax.set_xlabel("slot")
+        ax.set_ylabel("||v_i||")
+        ax.set_title("forgetting bias norm per slot (BMN)")
+        fig.tight_layout()
+        path = out_dir / "bias_norms.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files
