@@ -1,0 +1,153 @@
+"""Training throughput and model FLOP utilisation of one configuration, and the matmul peak.
+
+``measure_training(...)`` times full training steps (rollout forward + backward through
+the driver + AdamW) on random tokens, counts the FLOPs of one step with
+``torch.utils.flop_counter.FlopCounterMode``, and reports tokens/s, achieved FLOP/s and
+its fraction of ``peak_flops`` (measured by ``measure_matmul_peak`` when not given).
+
+    python -m memtx.bench.throughput --model memformer --device cuda --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import memtx
+from memtx.recurrence import rollout
+
+__all__ = ["REFERENCE", "measure_matmul_peak", "measure_training"]
+
+#: The issues' reference configuration (vocab 256, width 256, 4 heads of 64, FFN 1024,
+#: segment 128, batch 8, rollout 8); per model the depth and memory size.
+REFERENCE: dict[str, dict[str, Any]] = {
+    "memformer": {"encoder_layers": 2, "decoder_layers": 4, "memory_slots": 32},
+    "rmt": {"n_layers": 6, "memory_tokens": 16},
+    "transformer_xl": {"n_layers": 6, "mem_len": 128},
+    "transformer": {"n_layers": 6},
+}
+COMMON = {"vocab_size": 256, "d_model": 256, "n_heads": 4, "d_ff": 1024, "segment_len": 128}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(
+    *, device: str = "cpu", dtype: str = "fp32", size: int = 1024, repeats: int = 10
+) -> float:
+    """FLOP/s of a square matmul of ``size`` (the best of ``repeats``)."""
+    dev = torch.device(device)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a = torch.randn(size, size, device=dev, dtype=torch_dtype)
+    b = torch.randn(size, size, device=dev, dtype=torch_dtype)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        _sync(dev)
+        start = time.perf_counter()
+        a @ b
+        _sync(dev)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def measure_training(
+    *,
+    model_name: str = "memformer",
+    strategy: str = "full",
+    rollout_len: int = 8,
+    batch_size: int = 8,
+    steps: int = 5,
+    warmup: int = 2,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    peak_flops: float | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Time training steps of the reference config of ``model_name``; FLOPs and MFU."""
+    dev = torch.device(device)
+    fields = {**COMMON, **REFERENCE[model_name], **(overrides or {})}
+    model = memtx.build(model_name, **fields).to(dev).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    seg = fields["segment_len"]
+    tokens = torch.randint(0, 256, (batch_size, rollout_len * seg + 1), device=dev)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    count = targets.numel()
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        flat = logits.float().flatten(0, 1)
+        return F.cross_entropy(flat, y.flatten(), reduction="sum") / count
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if dev.type == "cuda" and dtype == "bf16"
+        else nullcontext()
+    )
+
+    def one_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            rollout(model, inputs, targets, model.init_memory(batch_size, device=dev),
+                    loss_fn=loss_fn, strategy=strategy)
+        optimizer.step()
+
+    for _ in range(warmup):
+        one_step()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        one_step()
+    flops = counter.get_total_flops()
+    _sync(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    _sync(dev)
+    seconds = (time.perf_counter() - start) / steps
+    if peak_flops is None:
+        peak_flops = measure_matmul_peak(device=device, dtype=dtype,
+                                         size=4096 if dev.type == "cuda" else 1024)
+    achieved = flops / seconds
+    return {
+        "model": model_name,
+        "strategy": strategy,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dtype": dtype,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "tokens_per_step": count,
+        "seconds_per_step": seconds,
+        "tokens_per_s": count / seconds,
+        "flops_per_step": flops,
+        "achieved_tflops": achieved / 1e12,
+        "peak_tflops": peak_flops / 1e12,
+        "mfu": achieved / peak_flops,
+        "peak_memory_mb": (torch.cuda.max_memory_allocated(dev) / 2**20
+                           if dev.type == "cuda" else None),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="memformer", choices=sorted(REFERENCE))
+    parser.add_argument("--strategy", default="full")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the peak to divide by (default: a measured matmul)")
+    args = parser.parse_args()
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    result = measure_training(model_name=args.model, strategy=args.strategy, device=args.device,
+                              dtype=args.dtype, steps=args.steps, peak_flops=peak)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
