@@ -90,16 +90,14 @@ def average_gradients(model: nn.Module, ctx: DistContext) -> None:
     if not ctx.active:
         return
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])  # one message per step
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one message per step
     dist.all_reduce(flat)
     flat /= ctx.world_size
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad.copy_(flat[offset : offset + n].view_as(p))
+        p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
 
 
@@ -124,8 +122,14 @@ def gather_memory(memory: Memory, ctx: DistContext) -> Memory:
         dist.all_gather(buckets, leaf.contiguous())
         gathered.append(buckets)
     for rank in range(ctx.world_size):
-        parts.append(map_memory(lambda _, it=iter(g[rank] for g in gathered): next(it), memory))
+        parts.append(_rebuild(memory, [g[rank] for g in gathered]))
     return concat_rows(parts)
+
+
+def _rebuild(template: Memory, leaves: list[torch.Tensor]) -> Memory:
+    """A memory shaped like ``template`` made of ``leaves`` (in :func:`memory_leaves` order)."""
+    remaining = iter(leaves)
+    return map_memory(lambda _: next(remaining), template)
 
 
 def barrier(ctx: DistContext) -> None:

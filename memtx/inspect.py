@@ -12,13 +12,13 @@ document through a trained Memformer, collects that attention from ``aux``, and 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from memtx.config import MemformerConfig
 from memtx.data import load_tokenizer
 from memtx.errors import ConfigError, DataError
 
@@ -84,7 +84,7 @@ def inspect_memory(
 
     run, model = load_trained(Path(run_dir), device="cpu")
     cfg = run.model
-    if cfg.name != "memformer" or not getattr(cfg, "use_memory", False):
+    if not isinstance(cfg, MemformerConfig) or not cfg.use_memory:
         raise ConfigError(f"memtx inspect needs a Memformer run with memory, got {cfg.name!r}")
     if corpus is not None:
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, corpus=corpus))
@@ -103,7 +103,7 @@ def inspect_memory(
 
     memory = model.init_memory(1)
     retention: list[np.ndarray] = []
-    writes: list[Counter[str]] = [Counter() for _ in range(cfg.memory_slots)]
+    writes: list[dict[str, float]] = [{} for _ in range(cfg.memory_slots)]
     previous: torch.Tensor | None = None
     for start in range(0, tokens.shape[1], cfg.segment_len):
         segment = tokens[:, start : start + cfg.segment_len]
@@ -114,23 +114,25 @@ def inspect_memory(
             for position, token in enumerate(previous[0].tolist()):
                 text = tokenizer.decode([token])
                 for slot in range(cfg.memory_slots):
-                    writes[slot][text] += float(attention[slot, 1 + position])
+                    weight = float(attention[slot, 1 + position])
+                    writes[slot][text] = writes[slot].get(text, 0.0) + weight
         previous = segment
         memory = out.memory
-    bias = model.slot_bias.norm(dim=-1).numpy() if model.slot_bias is not None else np.zeros(0)
+    slot_bias = getattr(model, "slot_bias", None)
+    bias = slot_bias.norm(dim=-1).numpy() if slot_bias is not None else np.zeros(0)
     report = MemoryReport(
         retention=np.stack(retention),
-        top_tokens=[[(t, w) for t, w in c.most_common(top)] for c in writes],
+        top_tokens=[sorted(w.items(), key=lambda kv: -kv[1])[:top] for w in writes],
         bias_norms=bias,
         document=docs[document].name,
         files=[],
     )
-    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "inspect"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report.files = _plot(report, out_dir)
-    text = out_dir / "memory.txt"
-    text.write_text(report.summary() + "\n", encoding="utf-8")
-    (out_dir / "memory.json").write_text(
+    folder = Path(out_dir) if out_dir is not None else Path(run_dir) / "inspect"
+    folder.mkdir(parents=True, exist_ok=True)
+    report.files = _plot(report, folder)
+    summary_file = folder / "memory.txt"
+    summary_file.write_text(report.summary() + "\n", encoding="utf-8")
+    (folder / "memory.json").write_text(
         json.dumps(
             {
                 "document": report.document,
@@ -141,7 +143,7 @@ def inspect_memory(
         ),
         encoding="utf-8",
     )
-    report.files.append(text)
+    report.files.append(summary_file)
     return report
 
 

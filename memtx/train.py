@@ -169,7 +169,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     initial memory) are not decayed: shrinking them changes what the memory holds.
     """
     linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (decay if id(param) in linear else no_decay).append(param)

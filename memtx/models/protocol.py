@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -85,15 +85,22 @@ def map_memory(fn: Callable[[Tensor], Tensor], memory: Memory) -> Memory:
     )
 
 
-def memory_batch_dims(memory: Memory) -> list[int]:
-    """The batch dimension of each leaf: 0 unless the memory type declares ``batch_dims``.
+_BATCH_DIMS: dict[type, tuple[int, ...]] = {}
 
-    Transformer-XL keeps DESIGN's ``[layers, B, mem_len, d]`` layout and declares
-    ``batch_dims = (1, 0)``; every other memory is batch-first.
+
+def register_batch_dims(memory_type: type, dims: tuple[int, ...]) -> None:
+    """Declare where the batch sits in each leaf of ``memory_type`` (default: dim 0).
+
+    Transformer-XL keeps DESIGN's ``[layers, B, mem_len, d]`` layout and registers
+    ``(1, 0)``; every other memory is batch-first.
     """
-    declared = getattr(type(memory), "batch_dims", None)
-    leaves = memory_leaves(memory)
-    return list(declared) if declared is not None else [0] * len(leaves)
+    _BATCH_DIMS[memory_type] = dims
+
+
+def memory_batch_dims(memory: Memory) -> list[int]:
+    """The batch dimension of each leaf of ``memory``."""
+    declared = _BATCH_DIMS.get(type(memory))
+    return list(declared) if declared is not None else [0] * len(memory_leaves(memory))
 
 
 def select_rows(memory: Memory, start: int, stop: int) -> Memory:
@@ -198,6 +205,14 @@ class SegmentLM(nn.Module):
     config: ModelConfig
     memory_carries_grad: bool = True
 
+    if TYPE_CHECKING:  # every subclass defines these (the SegmentModel contract)
+
+        def init_memory(
+            self, batch_size: int, *, device: torch.device | str | None = None
+        ) -> Memory: ...
+
+        def step(self, tokens: Tensor, memory: Memory) -> StepOutput: ...
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -232,7 +247,7 @@ class SegmentLM(nn.Module):
 
     def advance(self, tokens: Tensor, memory: Memory) -> Memory:
         """The next memory; models with a cheaper critical path override this."""
-        return self.step(tokens, memory).memory  # type: ignore[attr-defined]
+        return self.step(tokens, memory).memory
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -26,6 +26,7 @@ from memtx.models.protocol import (
     StepOutput,
     check_memory_tensor,
     check_memory_type,
+    register_batch_dims,
 )
 from memtx.modules import FeedForward, attend, sinusoid
 from memtx.modules.attention import merge_heads, split_heads
@@ -44,7 +45,8 @@ class XLMemory(NamedTuple):
     states: Tensor
     valid: Tensor
 
-    batch_dims = (1, 0)  # not a field: where the batch sits in each leaf
+
+register_batch_dims(XLMemory, (1, 0))  # the batch is dim 1 of states, dim 0 of valid
 
 
 class RelativeAttentionLayer(nn.Module):
