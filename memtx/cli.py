@@ -175,6 +175,44 @@ def demo(
 
 
 @app.command()
+def generate(
+    run: Annotated[Path, typer.Option(help="Run folder written by memtx train.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue (any length).")],
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 200,
+    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1: all).")] = 0.95,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    stop: Annotated[
+        Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable).")
+    ] = None,
+) -> None:
+    """Continue a prompt, streamed to the terminal, with constant memory."""
+
+    def go() -> None:
+        from memtx.generate import generate_text
+
+        def stream(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        generate_text(
+            run,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop or [],
+            stream=stream,
+        )
+        sys.stdout.write("\n")
+
+    _guard(go)
+
+
+@app.command()
 def inspect(
     run: Annotated[Path, typer.Option(help="A trained Memformer run folder.")],
     data: Annotated[

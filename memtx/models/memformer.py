@@ -59,7 +59,14 @@ from torch import Tensor, nn
 
 from memtx.config import MemformerConfig
 from memtx.errors import DataError
-from memtx.models.protocol import SegmentLM, StepOutput, check_memory_tensor, check_memory_type
+from memtx.models.protocol import (
+    DecodeState,
+    SegmentLM,
+    StepOutput,
+    cache_mask,
+    check_memory_tensor,
+    check_memory_type,
+)
 from memtx.modules import Block, RotaryEmbedding
 from memtx.modules.attention import merge_heads, split_heads
 
@@ -392,3 +399,34 @@ class Memformer(SegmentLM):
         else:
             _, slots, _, _ = self._critical_path(memory, lengths)
         return self._next_memory(tokens, slots)
+
+    # ----------------------------------------------------------------------- generation
+
+    def begin_decode(self, memory: MemformerMemory) -> DecodeState:
+        """Encode the previous segment once; the new segment then decodes against it."""
+        probe = memory.prev_tokens[:, :1]  # (B, 1): only batch size and device are read
+        lengths = self._check_memory(memory, probe)
+        hidden, _, _, rows = self._critical_path(memory, lengths)
+        context, context_mask = self._decoder_context(hidden, rows, lengths, memory.prev_len)
+        return DecodeState(
+            caches=[None] * len(self.decoder), context=context, context_mask=context_mask
+        )
+
+    def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
+        self.check_decode(tokens, state)
+        n, device = tokens.shape[1], tokens.device
+        rotary = self.rotary(state.length + torch.arange(n, device=device))
+        mask = cache_mask(state.length, n, device=device)
+        x = self.embed_tokens(tokens)  # (B, n, d)
+        caches = []
+        for block, cache in zip(self.decoder, state.caches):
+            x, grown = block.forward_cached(
+                x, cache, mask=mask, rotary=rotary, context=state.context,
+                context_mask=state.context_mask,
+            )
+            caches.append(grown)
+        return self.logits(x), DecodeState(
+            caches=caches, length=state.length + n, context=state.context,
+            context_mask=state.context_mask,
+        )

@@ -10,6 +10,7 @@ through :func:`memory_leaves` / :func:`map_memory` without knowing the model.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
@@ -57,6 +58,37 @@ class SegmentModel(Protocol):
     def advance(self, tokens: Tensor, memory: Memory) -> Memory:
         """Only the next memory (the "critical path"; MRBP's no-grad pass uses it)."""
         ...
+
+
+@dataclass
+class DecodeState:
+    """A segment being generated token by token (see ``begin_decode`` / ``decode``).
+
+    Attributes:
+        caches: per layer the self-attention's (k, v), each [B, H, past, hd] (None: empty).
+        length: tokens of the current segment decoded so far.
+        context: what the decoder cross-attends to (Memformer's H), if anything.
+        context_mask: its mask.
+        extra: model-specific tensors (e.g. Transformer-XL's cache validity).
+    """
+
+    caches: list[tuple[Tensor, Tensor] | None]
+    length: int = 0
+    context: Tensor | None = None
+    context_mask: Tensor | None = None
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+
+def cache_mask(past: int, new: int, *, prefix: int = 0, device: torch.device) -> Tensor | None:
+    """[new, prefix + past + new] bool: causal over the segment, all of a visible prefix.
+
+    ``None`` when every key is visible (one new token), so SDPA can skip the mask.
+    """
+    if new == 1:
+        return None
+    query = prefix + past + torch.arange(new, device=device)[:, None]  # (n, 1)
+    key = torch.arange(prefix + past + new, device=device)[None, :]  # (1, K)
+    return (key <= query) | (key < prefix)
 
 
 # --------------------------------------------------------------------------- memory helpers
@@ -240,6 +272,15 @@ class SegmentLM(nn.Module):
 
     def check_tokens(self, tokens: Any) -> None:
         check_tokens(tokens, vocab_size=self.config.vocab_size, segment_len=self.config.segment_len)
+
+    def check_decode(self, tokens: Any, state: DecodeState) -> None:
+        """Validate tokens appended to a segment being generated."""
+        self.check_tokens(tokens)
+        if state.length + tokens.shape[1] > self.config.segment_len:
+            raise DataError(
+                f"the segment holds {state.length} tokens; {tokens.shape[1]} more exceed "
+                f"segment_len={self.config.segment_len}"
+            )
 
     @property
     def device(self) -> torch.device:

@@ -7,7 +7,13 @@ from torch import Tensor, nn
 
 from memtx.config import TransformerConfig
 from memtx.errors import DataError
-from memtx.models.protocol import SegmentLM, StepOutput, check_memory_tensor
+from memtx.models.protocol import (
+    DecodeState,
+    SegmentLM,
+    StepOutput,
+    cache_mask,
+    check_memory_tensor,
+)
 from memtx.modules import Block, RotaryEmbedding
 
 
@@ -42,3 +48,21 @@ class Transformer(SegmentLM):
         for block in self.blocks:
             x = block(x, is_causal=True, rotary=rotary)
         return StepOutput(self.logits(x), memory)
+
+    def begin_decode(self, memory: Tensor) -> DecodeState:
+        """An empty segment to generate into (nothing is carried between segments)."""
+        return DecodeState(caches=[None] * len(self.blocks))
+
+    def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
+        self.check_decode(tokens, state)
+        n = tokens.shape[1]
+        device = tokens.device
+        rotary = self.rotary(state.length + torch.arange(n, device=device))
+        mask = cache_mask(state.length, n, device=device)
+        x = self.embed_tokens(tokens)  # (B, n, d)
+        caches = []
+        for block, cache in zip(self.blocks, state.caches):
+            x, grown = block.forward_cached(x, cache, mask=mask, rotary=rotary)
+            caches.append(grown)
+        return self.logits(x), DecodeState(caches=caches, length=state.length + n)

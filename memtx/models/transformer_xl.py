@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from memtx.config import TransformerXLConfig
 from memtx.errors import DataError
 from memtx.models.protocol import (
+    DecodeState,
     SegmentLM,
     StepOutput,
     check_memory_tensor,
@@ -68,27 +69,40 @@ class RelativeAttentionLayer(nn.Module):
         self.ln_ffn = nn.LayerNorm(d)
         self.ffn = FeedForward(d, config.ffn_dim, dropout=config.dropout)
 
-    def forward(self, x: Tensor, cache: Tensor, *, distances: Tensor, allowed: Tensor) -> Tensor:
-        """x [B, L, d]; cache [B, M, d]; distances [L, M+L] long; allowed [B, 1, L, M+L]."""
-        mem_len = cache.shape[1]
-        h = self.ln_attn(x)
-        context = torch.cat([self.ln_attn(cache), h], dim=1) if mem_len else h  # (B, M+L, d)
-        q = split_heads(self.q_proj(h), self.n_heads)  # (B, H, L, hd)
-        k, v = (split_heads(t, self.n_heads) for t in self.kv_proj(context).chunk(2, dim=-1))
-        klen = context.shape[1]
-        hd = q.shape[-1]
-        # Relative term: (q + v) . W_R R_d for every distance d in [0, klen), then pick the
+    def keys_values(self, normed: Tensor) -> tuple[Tensor, Tensor]:
+        """k, v [B, H, K, hd] of LayerNorm'd states [B, K, d]."""
+        k, v = self.kv_proj(normed).chunk(2, dim=-1)
+        return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
+
+    def attend(
+        self, x: Tensor, h: Tensor, k: Tensor, v: Tensor, *, distances: Tensor, allowed: Tensor
+    ) -> Tensor:
+        """Relative attention of queries ``h`` (= LN x) [B, n, d] over k, v [B, H, K, hd],
+        then the residual and the FFN; returns [B, n, d].
+
+        ``distances`` [n, K] are query-minus-key positions, ``allowed`` [B, 1, n, K].
+        """
+        q = split_heads(self.q_proj(h), self.n_heads)  # (B, H, n, hd)
+        klen, hd = k.shape[2], q.shape[-1]
+        # Relative term: (q + v) . W_R R_d for every distance d in [0, K), then pick the
         # distance of each (i, j) pair with a gather (the "rel-shift").
         rel = sinusoid(torch.arange(klen, device=x.device), x.shape[-1]).to(x.dtype)  # (K, d)
         r = self.r_proj(rel).view(klen, self.n_heads, hd).transpose(0, 1)  # (H, K, hd)
-        bd = (q + self.v[None, :, None, :]) @ r.transpose(-1, -2)[None]  # (B, H, L, K)
+        bd = (q + self.v[None, :, None, :]) @ r.transpose(-1, -2)[None]  # (B, H, n, K)
         index = distances[None, None].expand(bd.shape[0], bd.shape[1], -1, -1)
-        bd = torch.gather(bd, -1, index) / math.sqrt(hd)  # (B, H, L, M+L)
+        bd = torch.gather(bd, -1, index) / math.sqrt(hd)  # (B, H, n, K)
         bias = bd.masked_fill(~allowed, float("-inf"))
         dropout = self.dropout if self.training else 0.0
         out = attend(q + self.u[None, :, None, :], k, v, mask=bias, dropout=dropout)
         x = x + self.resid_dropout(self.out_proj(merge_heads(out)))
         return x + self.ffn(self.ln_ffn(x))
+
+    def forward(self, x: Tensor, cache: Tensor, *, distances: Tensor, allowed: Tensor) -> Tensor:
+        """x [B, L, d]; cache [B, M, d]; distances [L, M+L] long; allowed [B, 1, L, M+L]."""
+        h = self.ln_attn(x)
+        context = torch.cat([self.ln_attn(cache), h], dim=1) if cache.shape[1] else h
+        k, v = self.keys_values(context)  # (B, H, M+L, hd)
+        return self.attend(x, h, k, v, distances=distances, allowed=allowed)
 
 
 class TransformerXL(SegmentLM):
@@ -147,3 +161,35 @@ class TransformerXL(SegmentLM):
         next_states = torch.stack(new_states) if mem_len else states
         valid = (memory.valid + length).clamp(max=mem_len)
         return StepOutput(self.logits(x), XLMemory(next_states, valid))
+
+    # ----------------------------------------------------------------------- generation
+
+    def begin_decode(self, memory: XLMemory) -> DecodeState:
+        """Keys and values of the cached states, once; the segment then grows on them."""
+        probe = memory.valid[:, None]  # (B, 1): batch size and device
+        self._check_memory(memory, probe)
+        caches: list[tuple[Tensor, Tensor] | None] = []
+        for layer, states in zip(self.layers, memory.states):
+            caches.append(layer.keys_values(layer.ln_attn(states)) if self.config.mem_len else None)
+        return DecodeState(caches=caches, extra={"valid": memory.valid})
+
+    def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
+        self.check_decode(tokens, state)
+        mem_len, n, device = self.config.mem_len, tokens.shape[1], tokens.device
+        past = state.length
+        query_pos = mem_len + past + torch.arange(n, device=device)[:, None]  # (n, 1)
+        key_pos = torch.arange(mem_len + past + n, device=device)[None, :]  # (1, K)
+        distances = (query_pos - key_pos).clamp(min=0)  # (n, K)
+        first_valid = (mem_len - state.extra["valid"])[:, None, None, None]  # (B, 1, 1, 1)
+        allowed = (key_pos <= query_pos)[None, None] & (key_pos[None, None] >= first_valid)
+        x = self.embed_tokens(tokens)  # (B, n, d)
+        caches: list[tuple[Tensor, Tensor] | None] = []
+        for layer, cache in zip(self.layers, state.caches):
+            h = layer.ln_attn(x)
+            k, v = layer.keys_values(h)  # (B, H, n, hd)
+            if cache is not None:
+                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            caches.append((k, v))
+            x = layer.attend(x, h, k, v, distances=distances, allowed=allowed)
+        return self.logits(x), DecodeState(caches=caches, length=past + n, extra=state.extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -84,6 +85,31 @@ class MultiHeadAttention(nn.Module):
             split_heads(k, self.n_heads),
             split_heads(v, self.n_heads),
         )
+
+    def forward_cached(
+        self,
+        x: Tensor,
+        cache: tuple[Tensor, Tensor] | None,
+        *,
+        mask: Tensor | None = None,
+        rotary: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Self-attention of new positions ``x`` [B, n, d] over ``cache`` + themselves.
+
+        ``rotary`` holds the tables of the n new positions; ``mask`` [n, past + n] (True
+        = may attend) covers the cached and new keys. Returns the output [B, n, d] and the
+        grown cache (k, v), each [B, H, past + n, hd]. Generation uses it so a token costs
+        one position's work instead of the whole segment's.
+        """
+        q, k, v = self.project(x)
+        if rotary is not None:
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)  # (B, H, past+n, hd)
+            v = torch.cat([cache[1], v], dim=2)
+        out = attend(q, k, v, mask=mask)
+        return self.out_proj(merge_heads(out)), (k, v)
 
     def forward(
         self,

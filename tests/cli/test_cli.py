@@ -20,7 +20,7 @@ def _sets(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
-@pytest.mark.parametrize("verb", ["train", "eval", "demo", "bench"])
+@pytest.mark.parametrize("verb", ["train", "eval", "demo", "bench", "generate", "inspect"])
 def test_help(verb: str) -> None:
     result = runner.invoke(app, [verb, "--help"])
     assert result.exit_code == 0, result.output
@@ -104,3 +104,40 @@ def test_console_script_exit_code() -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:")
+
+
+def test_generate_streams_text_and_rejects_bad_input(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, ["train", "--out", str(out), "--no-progress", *_sets([*TINY, "train.steps=2"])]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--run",
+            str(out),
+            "--prompt",
+            "To be, or not",
+            "--max-new-tokens",
+            "40",
+            "--seed",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip()) > 0
+    result = runner.invoke(
+        app, ["generate", "--run", str(out), "--prompt", "x", "--max-new-tokens", "-1"]
+    )
+    assert result.exit_code == 2 and "max-new-tokens" in result.stderr
+    result = runner.invoke(app, ["generate", "--run", str(out), "--prompt", ""])
+    assert result.exit_code == 2 and "prompt is empty" in result.stderr
+    result = runner.invoke(app, ["generate", "--run", str(tmp_path), "--prompt", "x"])
+    assert result.exit_code == 2 and "holds no run" in result.stderr
+    empty_run = tmp_path / "no-checkpoint"
+    empty_run.mkdir()
+    (empty_run / "config.json").write_text((out / "config.json").read_text())
+    result = runner.invoke(app, ["generate", "--run", str(empty_run), "--prompt", "x"])
+    assert result.exit_code == 2 and "no intact checkpoint" in result.stderr

@@ -1,0 +1,84 @@
+"""Generation: cached equals recomputation for every model, prompts of any length."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memtx.errors import DataError
+from memtx.generate import Sampler, generate
+from tests.models.small import SMALL, small_model
+
+SEG = 8
+
+
+def naive_greedy(model, prompt: torch.Tensor, new: int) -> torch.Tensor:
+    """Recompute the whole stream from scratch for every token: the reference."""
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(new):
+            memory = model.init_memory(seq.shape[0])
+            for start in range(0, seq.shape[1], SEG):
+                out = model.step(seq[:, start : start + SEG], memory)
+                memory = out.memory
+            seq = torch.cat([seq, out.logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq
+
+
+@pytest.mark.parametrize("key", list(SMALL))
+@pytest.mark.parametrize("prompt_len", [1, SEG, 2 * SEG + 3])
+def test_cached_generation_equals_recomputation(key: str, prompt_len: int) -> None:
+    model = small_model(key).eval()
+    prompt = torch.randint(0, 32, (2, prompt_len), generator=torch.Generator().manual_seed(3))
+    new = 2 * SEG + 5  # crosses two segment boundaries
+    expected = naive_greedy(model, prompt, new)
+    for use_cache in (True, False):
+        got = generate(
+            model, prompt, max_new_tokens=new, sampler=Sampler(temperature=0), use_cache=use_cache
+        )
+        assert torch.equal(got, expected), f"use_cache={use_cache}"
+
+
+def test_sampling_is_seeded_and_respects_top_k() -> None:
+    model = small_model("transformer").eval()
+    prompt = torch.randint(0, 32, (1, 5))
+    sampler = Sampler(temperature=1.0, top_k=1)
+    greedy = generate(model, prompt, max_new_tokens=10, sampler=Sampler(temperature=0))
+    assert torch.equal(generate(model, prompt, max_new_tokens=10, sampler=sampler, seed=1), greedy)
+    hot = Sampler(temperature=2.0, top_p=0.9)
+    a = generate(model, prompt, max_new_tokens=20, sampler=hot, seed=7)
+    b = generate(model, prompt, max_new_tokens=20, sampler=hot, seed=7)
+    assert torch.equal(a, b)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    sampler = Sampler(temperature=1.0, top_p=0.7)
+    seen = {int(sampler(logits, torch.Generator().manual_seed(s))[0]) for s in range(200)}
+    assert seen == {0, 1}
+
+
+def test_stop_callback_ends_generation() -> None:
+    model = small_model("transformer").eval()
+    got = generate(
+        model, torch.zeros(1, 3, dtype=torch.long), max_new_tokens=50, on_tokens=lambda column: True
+    )
+    assert got.shape == (1, 4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_new_tokens": -1}, "max_new_tokens must be"),
+        ({"max_new_tokens": 3, "prompt": torch.zeros(1, 0, dtype=torch.long)}, "at least one"),
+    ],
+)
+def test_bad_generation_input(kwargs: dict, message: str) -> None:
+    model = small_model("transformer").eval()
+    prompt = kwargs.pop("prompt", torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(DataError, match=message):
+        generate(model, prompt, **kwargs)
+    with pytest.raises(DataError, match="top_p"):
+        Sampler(top_p=0.0)
+    with pytest.raises(DataError, match="temperature"):
+        Sampler(temperature=-1.0)
