@@ -28,9 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import resource
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -38,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
+
+from memtx.bench.common import max_rss_mb, run_json_worker
 
 STRATEGIES: tuple[str, ...] = ("full", "checkpoint", "mrbp")
 VOCAB_SIZE = 256  # random bytes
@@ -91,12 +90,6 @@ def estimate_memory_gb(strategy: str, rollout: int, sizes: BenchModel) -> float:
 
 
 # --------------------------------------------------------------------------- worker
-
-
-def _max_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs kB
 
 
 def run_worker(
@@ -185,7 +178,7 @@ def run_worker(
             torch.cuda.synchronize(device)
 
     sync()
-    baseline_rss = _max_rss_mb()
+    baseline_rss = max_rss_mb()
     cuda_baseline = None
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
@@ -198,7 +191,7 @@ def run_worker(
         sync()
         if index >= warmup:
             times.append(time.perf_counter() - start)
-    peak_rss = _max_rss_mb()
+    peak_rss = max_rss_mb()
     cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else None
     return {
         "strategy": strategy,
@@ -234,11 +227,7 @@ def _run_in_subprocess(
     threads: int | None,
 ) -> dict[str, Any]:
     """One configuration in a fresh ``python -m memtx.bench.mrbp --worker`` process."""
-    command = [
-        sys.executable,
-        "-m",
-        "memtx.bench.mrbp",
-        "--worker",
+    args = [
         f"--strategy={strategy}",
         f"--rollout={rollout}",
         f"--steps={steps}",
@@ -246,31 +235,8 @@ def _run_in_subprocess(
         f"--device={device}",
         *sizes.worker_args(),
     ]
-    # The worker must import this very memtx, installed or not.
-    root = str(Path(__file__).resolve().parents[2])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-    }
-    if threads is not None:
-        command.append(f"--threads={threads}")
-        env["OMP_NUM_THREADS"] = str(threads)
-    failed = {"strategy": strategy, "rollout": rollout}
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        return {**failed, "status": f"failed (timeout after {timeout_s:g} s)"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    if lines:  # the worker reported its own failure
-        return {**failed, **json.loads(lines[-1])}
-    if done.returncode < 0:
-        reason = f"killed by signal {-done.returncode}; out of memory?"
-    else:
-        errors = done.stderr.strip().splitlines()
-        reason = errors[-1] if errors else f"exit code {done.returncode}"
-    return {**failed, "status": f"failed ({reason})"}
+    result = run_json_worker("memtx.bench.mrbp", args, timeout_s=timeout_s, threads=threads)
+    return {"strategy": strategy, "rollout": rollout, **result}
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:

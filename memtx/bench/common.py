@@ -1,0 +1,68 @@
+"""What every benchmark shares: one configuration per fresh process, peak memory, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["markdown_table", "max_rss_mb", "peak_memory_mb", "run_json_worker"]
+
+
+def max_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs kB
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA's peak allocation on a GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return max_rss_mb()
+
+
+def run_json_worker(
+    module: str, args: Sequence[str], *, timeout_s: float | None, threads: int | None
+) -> dict[str, Any]:
+    """Run ``python -m module --worker args...`` in a fresh process; its last JSON line.
+
+    A fresh process per configuration keeps each peak-memory reading clean. Failures come
+    back as ``{"status": "failed (reason)"}`` instead of raising.
+    """
+    command = [sys.executable, "-m", module, "--worker", *args]
+    root = str(Path(__file__).resolve().parents[2])  # the worker imports this very memtx
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    if threads is not None:
+        command.append(f"--threads={threads}")
+        env["OMP_NUM_THREADS"] = str(threads)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": f"failed (timeout after {timeout_s:g} s)"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    if done.returncode < 0:
+        reason = f"killed by signal {-done.returncode}; out of memory?"
+    else:
+        errors = done.stderr.strip().splitlines()
+        reason = errors[-1] if errors else f"exit code {done.returncode}"
+    return {"status": f"failed ({reason})"}
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
