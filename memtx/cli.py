@@ -261,6 +261,41 @@ def bench_mrbp(
     _guard(go)
 
 
+@bench_app.command("scaling")
+def bench_scaling(
+    out: Annotated[Path, typer.Option(help="Folder for scaling.md/.png/.json.")] = Path(
+        "benchmarks"
+    ),
+    lengths: Annotated[str, typer.Option(help="Comma-separated sequence lengths.")] = (
+        "4096,16384,65536,262144,1048576"
+    ),
+    models: Annotated[str, typer.Option(help="Comma-separated models.")] = (
+        "memformer,rmt,transformer_xl,transformer_full"
+    ),
+    mem_len: Annotated[int, typer.Option(help="Transformer-XL cache length.")] = 1024,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Time per token and peak memory from 4K to 1M tokens, each point in its own process."""
+
+    def go() -> None:
+        from memtx.bench.scaling import MODELS, run_scaling_benchmark
+
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        unknown = [m for m in names if m not in MODELS]
+        if unknown:
+            _fail(f"--models: unknown {unknown[0]!r} (known: {', '.join(MODELS)})")
+        run_scaling_benchmark(
+            out_dir=out,
+            models=names,
+            lengths=_int_list(lengths, name="--lengths"),
+            mem_len=mem_len,
+            device=device,
+        )
+        typer.echo(f"wrote {out / 'scaling.md'} and {out / 'scaling.png'}")
+
+    _guard(go)
+
+
 def _int_list(text: str, *, name: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
