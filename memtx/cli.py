@@ -111,8 +111,7 @@ def train(
             "train_loss": result.final_loss,
             "tokens_per_s": round(result.tokens_per_s),
         }
-        if result.valid is not None:
-            summary["valid_bpc"] = round(result.valid.bpc, 4)
+        summary.update({f"valid_{k}": round(v, 4) for k, v in result.valid.items()})
         typer.echo(json.dumps(summary))
 
     _guard(run)

@@ -28,6 +28,7 @@ __all__ = [
     "RMTConfig",
     "TrainConfig",
     "DataConfig",
+    "TaskConfig",
     "RunConfig",
     "MODEL_CONFIGS",
     "model_config",
@@ -415,30 +416,108 @@ class DataConfig(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TaskConfig(_Checked):
+    """A synthetic long-range task instead of text (``memtx.data.tasks``), with a curriculum.
+
+    Each step samples a fresh batch; every sample starts with a fresh memory and the
+    rollout covers all its segments (``train.rollout`` does not apply).
+
+    Attributes:
+        name: ``copy``, ``reverse``, ``associative`` or ``facts`` (noise from ``data.corpus``).
+        segments: segments per sample at the end of the curriculum (and for evaluation).
+        stages: segments per sample for each curriculum stage, e.g. ``[1, 2, 4, 8]``; each
+            stage starts from the weights the last one ended with. Empty: ``[segments]``.
+        stage_steps: at most this many steps per stage.
+        advance_at: answer token accuracy (on ``eval_samples`` held-out samples, checked
+            every ``train.eval_every`` steps) that ends a stage early.
+        stop_at: the same accuracy at the last stage ends training (> 1: never).
+        eval_samples: held-out samples for the accuracy checks.
+        alphabet: copy/reverse symbols.
+        source_len: copy/reverse source length (0: half the sequence).
+        filler_at: copy/reverse layout: ``middle`` or ``start``.
+        pairs: associative key-value pairs.
+        num_facts: facts hidden in the noise.
+        value_len: digits per fact value.
+    """
+
+    section: ClassVar[str] = "task"
+
+    name: Literal["copy", "reverse", "associative", "facts"] = "copy"
+    segments: int = 9
+    stages: tuple[int, ...] = ()
+    stage_steps: int = 1000
+    advance_at: float = 0.97
+    stop_at: float = 2.0
+    eval_samples: int = 256
+    alphabet: int = 8
+    source_len: int = 0
+    filler_at: Literal["middle", "start"] = "middle"
+    pairs: int = 4
+    num_facts: int = 2
+    value_len: int = 3
+
+    def _validate(self) -> None:
+        for name in (
+            "segments",
+            "stage_steps",
+            "eval_samples",
+            "alphabet",
+            "pairs",
+            "num_facts",
+            "value_len",
+        ):
+            self._at_least(name, 1)
+        self._at_least("source_len", 0)
+        if any(not isinstance(n, int) or n < 1 for n in self.stages):
+            raise ConfigError(f"task.stages must be segment counts >= 1, got {list(self.stages)}")
+        if list(self.stages) != sorted(self.stages):
+            raise ConfigError(f"task.stages must not decrease, got {list(self.stages)}")
+
+    @property
+    def stage_segments(self) -> tuple[int, ...]:
+        return self.stages or (self.segments,)
+
+    def task_params(self) -> dict[str, Any]:
+        """The parameters ``make_task`` takes for this task."""
+        if self.name in ("copy", "reverse"):
+            params: dict[str, Any] = {"alphabet": self.alphabet, "filler_at": self.filler_at}
+            if self.source_len:
+                params["source_len"] = self.source_len
+            return params
+        if self.name == "associative":
+            return {"pairs": self.pairs}
+        return {"num_facts": self.num_facts, "value_len": self.value_len}
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """A whole run: which model with which sizes, how to train it, on what data."""
+    """A whole run: which model with which sizes, how to train it, on what data or task."""
 
     model: ModelConfig = field(default_factory=TransformerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": self.model.to_dict(),
             "train": dataclasses.asdict(self.train),
             "data": dataclasses.asdict(self.data),
         }
+        if self.task is not None:
+            out["task"] = dataclasses.asdict(self.task)
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
         """Build and validate a run config from nested dicts (TOML or JSON)."""
         if not isinstance(raw, dict):
             raise ConfigError("a run config must be a table with [model], [train], [data]")
-        unknown = sorted(set(raw) - {"model", "train", "data"})
+        unknown = sorted(set(raw) - set(_SECTIONS))
         if unknown:
-            raise ConfigError(f"unknown section {unknown[0]!r} (known: model, train, data)")
+            raise ConfigError(f"unknown section {unknown[0]!r} (known: {', '.join(_SECTIONS)})")
         sections: dict[str, dict[str, Any]] = {}
-        for key in ("model", "train", "data"):
+        for key in _SECTIONS:
             value = raw.get(key, {})
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} must be a table, got {value!r}")
@@ -451,7 +530,13 @@ class RunConfig:
             model=model_config(name, **model_fields),
             train=_construct(TrainConfig, sections["train"], section="train"),
             data=_construct(DataConfig, sections["data"], section="data"),
+            task=_construct(TaskConfig, sections["task"], section="task")
+            if "task" in raw
+            else None,
         )
+
+
+_SECTIONS = ("model", "train", "data", "task")
 
 
 def _parse_value(text: str) -> Any:
@@ -470,8 +555,8 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        if section not in ("model", "train", "data"):
-            raise ConfigError(f"unknown section in --set {item!r} (known: model, train, data)")
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown section in --set {item!r} (known: {', '.join(_SECTIONS)})")
         out.setdefault(section, {})[name] = _parse_value(value.strip())
     return out
 

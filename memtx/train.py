@@ -45,7 +45,6 @@ from memtx.checkpoint import (
 from memtx.config import RunConfig, TrainConfig
 from memtx.data import (
     ByteTokenizer,
-    StreamLoader,
     Tokenizer,
     build_tokenizer,
     encode_documents,
@@ -57,6 +56,7 @@ from memtx.evaluate import EvalResult, evaluate_tokens
 from memtx.models import SegmentLM, from_config
 from memtx.models.protocol import memory_from_state, memory_state, select_rows
 from memtx.recurrence import check_strategy, rollout
+from memtx.sources import TaskSource, TextSource
 
 __all__ = [
     "PreparedData",
@@ -225,7 +225,7 @@ class TrainResult:
     run_dir: Path
     steps: int
     final_loss: float
-    valid: EvalResult | None
+    valid: dict[str, float]
     tokens_per_s: float
     history: list[dict[str, Any]]
 
@@ -248,6 +248,33 @@ def _prepare_run_dir(out_dir: Path, run: RunConfig, *, resume: bool) -> RunConfi
     return run
 
 
+def _build_source(
+    run: RunConfig, data: PreparedData, *, rows: int, ctx: distributed.DistContext
+) -> TextSource | TaskSource:
+    cfg = run.train
+    if run.task is not None:
+        noise = data.train if run.task.name == "facts" else None
+        return TaskSource(
+            run.task,
+            segment_len=run.model.segment_len,
+            rows=rows,
+            rank=ctx.rank,
+            seed=cfg.seed,
+            noise=noise,
+        )
+    return TextSource(
+        data.train,
+        data.valid,
+        rows=rows,
+        window=cfg.rollout * run.model.segment_len,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        eval_rows=min(cfg.batch_size, 8),
+        eval_tokens=cfg.eval_tokens,
+        bytes_per_token=data.bytes_per_token["valid"],
+    )
+
+
 def train(
     run: RunConfig,
     *,
@@ -257,7 +284,7 @@ def train(
     data: PreparedData | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train ``run.model`` on ``run.data`` as ``run.train`` says, into ``out_dir``.
+    """Train ``run.model`` on ``run.data`` (or ``run.task``) as ``run.train`` says.
 
     Args:
         run: the validated run config (on resume, pass the saved one with overrides).
@@ -272,10 +299,13 @@ def train(
         ConfigError: bad config combination, or an ``out_dir`` that holds another run.
         DataError: a corpus that cannot be read.
         NonFiniteError: a NaN/inf loss or gradient with ``on_nonfinite = "stop"``.
+        TrainingInterrupted: SIGINT/SIGTERM (a checkpoint was written).
     """
     out_dir = Path(out_dir)
     cfg = run.train
     check_strategy(cfg.strategy, truncate=cfg.truncate)
+    if run.task is not None and run.data.tokenizer != "byte":
+        raise ConfigError("synthetic tasks are byte-level: data.tokenizer must be 'byte'")
     device = resolve_device(cfg.device)
     _prepare_run_dir(out_dir, run, resume=resume)
     ctx = distributed.setup(device)
@@ -287,22 +317,21 @@ def train(
         )
     rows = cfg.batch_size // ctx.world_size  # this rank's streams
 
-    # Data first: a bad corpus must fail before anything is written.
+    # Data first: a bad corpus or task must fail before anything is written.
     tokenizer = (
         load_tokenizer(out_dir) if resume and (out_dir / "tokenizer.json").exists() else None
     )
-    data = data or prepare_data(run, tokenizer=tokenizer)
-    model_cfg = run.model
-    if model_cfg.vocab_size != data.tokenizer.vocab_size:
-        model_cfg = dataclasses.replace(model_cfg, vocab_size=data.tokenizer.vocab_size)
-        run = dataclasses.replace(run, model=model_cfg)
-    window = cfg.rollout * model_cfg.segment_len
-    loader = StreamLoader(
-        data.train, batch_size=rows, window=window, rank=ctx.rank, world_size=ctx.world_size
-    )
+    if data is None:
+        needs_corpus = run.task is None or run.task.name == "facts"
+        data = prepare_data(run, tokenizer=tokenizer) if needs_corpus else _no_corpus()
+    if run.model.vocab_size != data.tokenizer.vocab_size:
+        run = dataclasses.replace(
+            run, model=dataclasses.replace(run.model, vocab_size=data.tokenizer.vocab_size)
+        )
+    source = _build_source(run, data, rows=rows, ctx=ctx)
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model: SegmentLM = from_config(model_cfg).to(device)
+    model: SegmentLM = from_config(run.model).to(device)
     optimizer = build_optimizer(model, cfg)
     if cfg.compile:
         # The driver calls ``step``; compiling that bound method covers every model.
@@ -322,7 +351,7 @@ def train(
         if checkpoint is not None:
             model.load_state_dict(checkpoint.model)
             optimizer_from_state(optimizer, checkpoint.state, checkpoint.meta["optimizer"])
-            loader.load_state_dict(checkpoint.meta["loader"])
+            source.load_state(checkpoint.meta["source"], checkpoint.state)
             start_step = checkpoint.step
             saved_rows = int(checkpoint.meta.get("memory_rows", 0))
             if saved_rows == cfg.batch_size:  # the global memory: take this rank's rows
@@ -341,29 +370,27 @@ def train(
         data.tokenizer.save(out_dir)
     metrics_path = out_dir / "metrics.jsonl"
     if resume and metrics_path.exists() and ctx.is_main:
-        # Drop lines written after the checkpoint we resume from: they will be redone.
-        kept = []
-        for line in metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                kept.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-        history = [m for m in kept if isinstance(m, dict) and m.get("step", 0) <= start_step]
-        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+        history = _metrics_until(metrics_path, start_step)
 
     def checkpoint_now(step: int) -> None:
         full_memory = distributed.gather_memory(memory, ctx)  # collective: every rank
         if ctx.is_main:
             optim_tensors, optim_meta = optimizer_to_state(optimizer)
             rng_tensors, rng_meta = rng_state()
+            source_meta, source_tensors = source.state()
             save_checkpoint(
                 out_dir,
                 step=step,
                 model_state=model.state_dict(),
-                state={**optim_tensors, **rng_tensors, **memory_state(full_memory)},
+                state={
+                    **optim_tensors,
+                    **rng_tensors,
+                    **source_tensors,
+                    **memory_state(full_memory),
+                },
                 meta={
                     "config": run.to_dict(),
-                    "loader": loader.state_dict(),
+                    "source": source_meta,
                     "optimizer": optim_meta,
                     "rng": rng_meta,
                     "memory_rows": cfg.batch_size,
@@ -372,26 +399,6 @@ def train(
                 keep=cfg.keep_checkpoints,
             )
         distributed.barrier(ctx)
-
-    def validate(step: int) -> EvalResult:
-        result = evaluate_tokens(
-            model,
-            data.valid,
-            rows=min(cfg.batch_size, 8),
-            max_tokens=cfg.eval_tokens,
-            bytes_per_token=data.bytes_per_token["valid"],
-            device=device,
-        )
-        log(
-            {
-                "step": step,
-                "split": "valid",
-                "loss": result.loss,
-                "bpc": result.bpc,
-                "ppl": result.ppl,
-            }
-        )
-        return result
 
     metrics_file = metrics_path.open("a", encoding="utf-8") if ctx.is_main else None
 
@@ -407,13 +414,27 @@ def train(
                     "is intact"
                 ) from None
 
+    def event(step: int, message: str | None) -> None:
+        if message:
+            log({"step": step, "event": message})
+            if progress and ctx.is_main:
+                tqdm.write(f"step {step}: {message}")
+
+    def validate(step: int) -> dict[str, float]:
+        metrics = source.validate(model, device=device)
+        if metrics:
+            log({"step": step, "split": "valid", **metrics})
+        model.train()
+        return metrics
+
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     )
     model.train()
     tokens_done, began, last_loss = 0, time.perf_counter(), float("nan")
-    valid_result: EvalResult | None = None
+    final_metrics: dict[str, float] = {}
     end_step = cfg.steps if stop_after is None else min(cfg.steps, start_step + stop_after)
+    final_step = start_step
     bar = tqdm(
         total=cfg.steps,
         initial=start_step,
@@ -426,14 +447,12 @@ def train(
     caught = signals.__enter__()
     try:
         for step in range(start_step, end_step):
-            batch = loader.next_batch()
+            if source.finished:
+                break
+            batch = source.next_batch()
             if batch.reset:
                 memory = model.init_memory(rows, device=device)
-            tokens = batch.tokens
-            if device.type == "cuda":
-                tokens = tokens.pin_memory()
-            tokens = tokens.to(device, non_blocking=True)
-            inputs, targets = tokens[:, :-1], tokens[:, 1:]
+            inputs, targets = (_to_device(t, device) for t in (batch.inputs, batch.targets))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             optimizer.zero_grad(set_to_none=True)
@@ -443,21 +462,20 @@ def train(
                     inputs,
                     targets,
                     memory,
-                    loss_fn=_lm_loss(targets.numel()),
+                    loss_fn=_lm_loss(batch.count),
                     strategy=cfg.strategy,
                     truncate=cfg.truncate,
                 )
             distributed.average_gradients(model, ctx)
             loss = distributed.mean(float(result.loss), ctx)
             norm = _grad_norm(model)
+            done = final_step = step + 1
             if not (math.isfinite(loss) and torch.isfinite(norm)):
                 what = "loss" if not math.isfinite(loss) else "gradient norm"
-                message = (
-                    f"non-finite {what} at step {step + 1} (loss={loss}, grad_norm={float(norm)})"
-                )
+                message = f"non-finite {what} at step {done} (loss={loss}, grad_norm={float(norm)})"
                 if cfg.on_nonfinite == "stop":
                     raise NonFiniteError(message + "; the last checkpoint is intact")
-                log({"step": step + 1, "skipped": message})
+                log({"step": done, "skipped": message})
                 optimizer.zero_grad(set_to_none=True)
                 memory = model.init_memory(rows, device=device)
                 bar.update(1)
@@ -466,10 +484,9 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             memory = result.memory
-            tokens_done += targets.numel() * ctx.world_size
+            tokens_done += inputs.numel() * ctx.world_size
             last_loss = loss
             rate = tokens_done / max(time.perf_counter() - began, 1e-9)
-            done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 log(
                     {
@@ -484,11 +501,11 @@ def train(
                 )
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
             bar.update(1)
+            event(done, source.after_step())
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
-                validate(done)
-                model.train()
+                event(done, source.after_validation(validate(done)))
             periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
-            if periodic or done == end_step or caught:
+            if periodic or done == end_step or caught or source.finished:
                 checkpoint_now(done)
             if caught:
                 name = signal.Signals(caught["signal"]).name
@@ -496,25 +513,52 @@ def train(
                     f"{name} at step {done}: checkpoint written; continue with "
                     f"memtx train --out {out_dir} --resume"
                 )
-        final_step = end_step
-        if final_step == cfg.steps and len(data.valid) > 1:
-            valid_result = validate(final_step)
+        complete = final_step == cfg.steps or source.finished
+        if complete:
+            final_metrics = validate(final_step)
     finally:
         signals.__exit__(None, None, None)
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
-    if final_step == cfg.steps and ctx.is_main:
+    if complete and ctx.is_main:
         plot_losses(history, out_dir / "loss.png")
     return TrainResult(
         model=model,
         run_dir=out_dir,
         steps=final_step,
         final_loss=last_loss,
-        valid=valid_result,
+        valid=final_metrics,
         tokens_per_s=tokens_done / max(time.perf_counter() - began, 1e-9),
         history=history,
     )
+
+
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _no_corpus() -> PreparedData:
+    """Tasks other than facts read no corpus: byte tokens and empty splits."""
+    empty = np.zeros(0, dtype=np.uint16)
+    return PreparedData(
+        ByteTokenizer(), empty, empty, empty, {"train": 1.0, "valid": 1.0, "test": 1.0}
+    )
+
+
+def _metrics_until(path: Path, step: int) -> list[dict[str, Any]]:
+    """The metrics lines up to ``step`` (later ones will be redone), rewritten atomically."""
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            kept.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+    history = [m for m in kept if isinstance(m, dict) and m.get("step", 0) <= step]
+    atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in history))
+    return history
 
 
 def plot_losses(history: list[dict[str, Any]], path: Path, *, title: str = "") -> None:
@@ -526,7 +570,11 @@ def plot_losses(history: list[dict[str, Any]], path: Path, *, title: str = "") -
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for split, style in (("train", "-"), ("valid", "o-")):
-        points = [(m["step"], m["bpc"]) for m in history if m.get("split") == split]
+        points = [
+            (m["step"], m.get("bpc", m["loss"] / math.log(2)))
+            for m in history
+            if m.get("split") == split and "loss" in m
+        ]
         if points:
             steps, values = zip(*points)
             ax.plot(steps, values, style, label=split)
@@ -654,12 +702,11 @@ def run_demo(
         f"{run.model.segment_len} tokens on {run.data.corpus} -> {out_dir}"
     )
     result = train(run, out_dir=out_dir, data=data)
-    after = result.valid
-    assert after is not None
+    after_bpc = result.valid["bpc"]
     rows = [
         ("", "valid bpc", "tokens/s"),
         ("before training", f"{before.bpc:.3f}", f"{before.tokens_per_s:,.0f} (eval)"),
-        ("after training", f"{after.bpc:.3f}", f"{result.tokens_per_s:,.0f} (train)"),
+        ("after training", f"{after_bpc:.3f}", f"{result.tokens_per_s:,.0f} (train)"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]

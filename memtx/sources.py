@@ -1,0 +1,251 @@
+"""Where the training loop's rollouts come from: text streams or synthetic tasks.
+
+The loop in :mod:`memtx.train` is the same for both; a source hands it batches, says
+when the memory must start fresh, validates a model, and (for tasks) runs the curriculum.
+
+- :class:`TextSource`: each batch row is one continuous stream of the corpus, so a row's
+  memory continues across consecutive rollouts (Transformer-XL's layout).
+- :class:`TaskSource`: each step samples fresh task sequences; every sample starts with a
+  fresh memory and the rollout covers all its segments. A curriculum moves through
+  ``task.stages`` (segments per sample), a stage ending when the held-out answer accuracy
+  reaches ``task.advance_at`` or after ``task.stage_steps`` steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from memtx.config import TaskConfig
+from memtx.data import StreamLoader
+from memtx.evaluate import evaluate_tokens
+from memtx.models.protocol import SegmentModel
+
+__all__ = ["Batch", "TaskSource", "TextSource", "evaluate_task"]
+
+
+@dataclass
+class Batch:
+    """One rollout's worth of training data (on CPU).
+
+    Attributes:
+        inputs: [B, N] token ids.
+        targets: [B, N] what each input position predicts (-100: not scored).
+        reset: the memory must start fresh for this batch.
+        count: scored targets in the batch (the loss is their mean).
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    reset: bool
+    count: int
+
+
+class TextSource:
+    """Continuous streams of a tokenized corpus, and bits-per-byte validation."""
+
+    def __init__(
+        self,
+        train_tokens: np.ndarray,
+        valid_tokens: np.ndarray,
+        *,
+        rows: int,
+        window: int,
+        rank: int,
+        world_size: int,
+        eval_rows: int,
+        eval_tokens: int,
+        bytes_per_token: float,
+    ) -> None:
+        self.loader = StreamLoader(
+            train_tokens, batch_size=rows, window=window, rank=rank, world_size=world_size
+        )
+        self.valid_tokens = valid_tokens
+        self.eval_rows = eval_rows
+        self.eval_tokens = eval_tokens
+        self.bytes_per_token = bytes_per_token
+
+    def next_batch(self) -> Batch:
+        batch = self.loader.next_batch()
+        tokens = batch.tokens  # (B, window + 1)
+        return Batch(tokens[:, :-1], tokens[:, 1:], batch.reset, tokens[:, 1:].numel())
+
+    def validate(self, model: SegmentModel, *, device: torch.device) -> dict[str, float]:
+        if len(self.valid_tokens) < 2:
+            return {}
+        result = evaluate_tokens(
+            model,
+            self.valid_tokens,
+            rows=self.eval_rows,
+            max_tokens=self.eval_tokens,
+            bytes_per_token=self.bytes_per_token,
+            device=device,
+        )
+        return {"loss": result.loss, "bpc": result.bpc, "ppl": result.ppl}
+
+    def after_step(self) -> str | None:
+        return None
+
+    def after_validation(self, metrics: dict[str, float]) -> str | None:
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return False
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        return {"loader": self.loader.state_dict()}, {}
+
+    def load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        self.loader.load_state_dict(meta["loader"])
+
+
+class TaskSource:
+    """Fresh samples of a synthetic task each step, with a curriculum over segments."""
+
+    def __init__(
+        self,
+        cfg: TaskConfig,
+        *,
+        segment_len: int,
+        rows: int,
+        rank: int,
+        seed: int,
+        noise: np.ndarray | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.segment_len = segment_len
+        self.rows = rows
+        self.seed = seed
+        self.noise = noise
+        self.stage = 0
+        self.stage_step = 0
+        self.solved = False
+        self.generator = torch.Generator().manual_seed(seed * 7919 + rank)
+        self._tasks: dict[int, Any] = {}
+        self.task(self.cfg.segments)  # a bad task config fails before training starts
+
+    def task(self, segments: int) -> Any:
+        """The task with ``segments`` segments per sample (built once per length)."""
+        from memtx.data.tasks import make_task
+
+        if segments not in self._tasks:
+            extra = {"noise": self.noise} if self.cfg.name == "facts" else {}
+            self._tasks[segments] = make_task(
+                self.cfg.name,
+                segments=segments,
+                segment_len=self.segment_len,
+                seed=self.seed,
+                **self.cfg.task_params(),
+                **extra,
+            )
+        return self._tasks[segments]
+
+    @property
+    def segments(self) -> int:
+        return self.cfg.stage_segments[self.stage]
+
+    def next_batch(self) -> Batch:
+        sample = self.task(self.segments).sample(self.rows, generator=self.generator)
+        count = int((sample.targets != -100).sum())
+        return Batch(sample.inputs, sample.targets, True, count)
+
+    def validate(self, model: SegmentModel, *, device: torch.device) -> dict[str, float]:
+        metrics = evaluate_task(
+            model,
+            self.task(self.segments),
+            samples=self.cfg.eval_samples,
+            device=device,
+            seed=self.seed + 1,
+        )
+        return {**metrics, "segments": float(self.segments), "stage": float(self.stage)}
+
+    def after_step(self) -> str | None:
+        self.stage_step += 1
+        if self.stage_step >= self.cfg.stage_steps and self.stage + 1 < len(
+            self.cfg.stage_segments
+        ):
+            return self._advance("stage_steps reached")
+        return None
+
+    def after_validation(self, metrics: dict[str, float]) -> str | None:
+        accuracy = metrics.get("token_accuracy", 0.0)
+        last = self.stage + 1 == len(self.cfg.stage_segments)
+        if last and accuracy >= self.cfg.stop_at:
+            self.solved = True
+            return f"solved at {self.segments} segments (token accuracy {accuracy:.3f})"
+        if not last and accuracy >= self.cfg.advance_at:
+            return self._advance(f"token accuracy {accuracy:.3f}")
+        return None
+
+    def _advance(self, reason: str) -> str:
+        self.stage += 1
+        self.stage_step = 0
+        return f"curriculum stage {self.stage}: {self.segments} segments ({reason})"
+
+    @property
+    def finished(self) -> bool:
+        return self.solved
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        meta = {"stage": self.stage, "stage_step": self.stage_step, "solved": self.solved}
+        return meta, {"source.generator": self.generator.get_state()}
+
+    def load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        self.stage, self.stage_step = int(meta["stage"]), int(meta["stage_step"])
+        self.solved = bool(meta.get("solved", False))
+        self.generator.set_state(tensors["source.generator"].cpu())
+
+
+@torch.no_grad()
+def evaluate_task(
+    model: SegmentModel,
+    task: Any,
+    *,
+    samples: int,
+    device: torch.device | str,
+    seed: int,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Answer loss, token accuracy and exact match on ``samples`` held-out samples.
+
+    Streams each sample segment by segment with the model's memory and scores only the
+    answer positions, so the cost in memory does not grow with the sample's length.
+    """
+    device = torch.device(device)
+    was_training = getattr(model, "training", False)
+    model.eval()  # type: ignore[attr-defined]
+    generator = torch.Generator().manual_seed(seed)
+    segment_len = model.config.segment_len
+    loss_sum, right, scored, exact, rows = 0.0, 0, 0, 0, 0
+    for start in range(0, samples, batch_size):
+        sample = task.sample(min(batch_size, samples - start), generator=generator)
+        inputs, targets = sample.inputs.to(device), sample.targets.to(device)
+        memory = model.init_memory(inputs.shape[0], device=device)
+        wrong = torch.zeros(inputs.shape[0], dtype=torch.long, device=device)
+        for offset in range(0, inputs.shape[1], segment_len):
+            out = model.step(inputs[:, offset : offset + segment_len], memory)
+            memory = out.memory
+            y = targets[:, offset : offset + segment_len]
+            scored_here = y != -100  # (B, L)
+            if not scored_here.any():
+                continue
+            logits = out.logits.float()
+            loss_sum += float(F.cross_entropy(logits[scored_here], y[scored_here], reduction="sum"))
+            hits = (logits.argmax(-1) == y) & scored_here
+            right += int(hits.sum())
+            scored += int(scored_here.sum())
+            wrong += (scored_here & ~hits).sum(1)
+        exact += int((wrong == 0).sum())
+        rows += inputs.shape[0]
+    model.train(was_training)  # type: ignore[attr-defined]
+    return {
+        "loss": loss_sum / max(scored, 1),
+        "token_accuracy": right / max(scored, 1),
+        "exact_match": exact / max(rows, 1),
+    }
