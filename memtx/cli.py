@@ -22,10 +22,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+repro_app = typer.Typer(
+    help="Reproductions of the papers' claims, committed under benchmarks/.", no_args_is_help=True
+)
 bench_app = typer.Typer(
     help="Benchmarks whose results are committed under benchmarks/.", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(repro_app, name="repro")
 
 _state = {"debug": False}
 
@@ -291,6 +295,50 @@ def bench_scaling(
             device=device,
         )
         typer.echo(f"wrote {out / 'scaling.md'} and {out / 'scaling.png'}")
+
+    _guard(go)
+
+
+@repro_app.command("rmt")
+def repro_rmt(
+    out: Annotated[Path, typer.Option(help="Folder for rmt.md and rmt.json.")] = Path("benchmarks"),
+    runs: Annotated[Path, typer.Option(help="Where the trained runs go.")] = Path("runs/repro-rmt"),
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    steps: Annotated[int, typer.Option(help="Most steps per model.")] = 6000,
+    stage_steps: Annotated[int, typer.Option(help="Most steps per curriculum stage.")] = 600,
+    facts: Annotated[bool, typer.Option(help="Also the facts-in-noise length table.")] = True,
+    tasks: Annotated[str, typer.Option(help="Comma-separated: copy, reverse.")] = "copy,reverse",
+    variants: Annotated[
+        str, typer.Option(help="Comma-separated: rmt, rmt_start_only, transformer_xl, transformer.")
+    ] = "rmt,rmt_start_only,transformer_xl,transformer",
+) -> None:
+    """RMT vs its start-only ablation vs Transformer-XL vs no memory on copy and reverse."""
+
+    def go() -> None:
+        from memtx.repro import RMT_VARIANTS
+        from memtx.repro import repro_rmt as run_repro
+
+        chosen = [v.strip() for v in variants.split(",") if v.strip()]
+        unknown = [v for v in chosen if v not in RMT_VARIANTS]
+        if unknown:
+            _fail(f"--variants: unknown {unknown[0]!r} (known: {', '.join(RMT_VARIANTS)})")
+        names = [t.strip() for t in tasks.split(",") if t.strip()]
+        bad = [t for t in names if t not in ("copy", "reverse")]
+        if bad:
+            _fail(f"--tasks: unknown {bad[0]!r} (known: copy, reverse)")
+
+        path = run_repro(
+            out_dir=out,
+            runs_dir=runs,
+            device=device,
+            steps=steps,
+            stage_steps=stage_steps,
+            facts=facts,
+            tasks=names,
+            variants=chosen,
+            echo=typer.echo,
+        )
+        typer.echo(f"wrote {path}")
 
     _guard(go)
 
