@@ -71,7 +71,7 @@ class _Segment:
     def __init__(self, model: SegmentModel, memory: Memory, *, use_cache: bool) -> None:
         self.model = model
         self.memory = memory
-        self.cached = use_cache and hasattr(model, "begin_decode")
+        self.cached = use_cache and bool(getattr(model, "can_decode", False))
         self.tokens: Tensor | None = None
         self.state: DecodeState | None = None
 

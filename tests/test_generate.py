@@ -82,3 +82,9 @@ def test_bad_generation_input(kwargs: dict, message: str) -> None:
         Sampler(top_p=0.0)
     with pytest.raises(DataError, match="temperature"):
         Sampler(temperature=-1.0)
+
+
+@pytest.mark.parametrize("key", list(SMALL))
+def test_every_builtin_model_has_the_cached_path(key: str) -> None:
+    # Only the Hugging Face backbone falls back to recomputing the segment.
+    assert small_model(key).can_decode == (key != "rmt_hf")

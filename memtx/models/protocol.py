@@ -273,6 +273,11 @@ class SegmentLM(nn.Module):
     def check_tokens(self, tokens: Any) -> None:
         check_tokens(tokens, vocab_size=self.config.vocab_size, segment_len=self.config.segment_len)
 
+    @property
+    def can_decode(self) -> bool:
+        """Whether ``begin_decode`` / ``decode`` (generation with a KV cache) are available."""
+        return hasattr(self, "begin_decode")
+
     def check_decode(self, tokens: Any, state: DecodeState) -> None:
         """Validate tokens appended to a segment being generated."""
         self.check_tokens(tokens)

@@ -68,8 +68,10 @@ from torch import Tensor, nn
 from memtx.config import RMTConfig
 from memtx.errors import ConfigError, DataError
 from memtx.models.protocol import (
+    DecodeState,
     SegmentLM,
     StepOutput,
+    cache_mask,
     check_memory_tensor,
     check_memory_type,
 )
@@ -305,6 +307,44 @@ class RMT(SegmentLM):
             new_memory = hidden[:, :m]  # the read slots: the failing ablation
         slots = new_memory.to(self.initial_memory.dtype)
         return StepOutput(logits, RMTMemory(slots, torch.zeros_like(memory.reset)))
+
+    # ------------------------------------------------------------------ generation
+
+    @property
+    def can_decode(self) -> bool:
+        """The builtin backbone decodes with a KV cache; HF backbones are recomputed."""
+        return self.hf is None
+
+    def begin_decode(self, memory: RMTMemory) -> DecodeState:
+        """Run the read memory once as a cached prefix (read slots see only each other).
+
+        Generation never appends write slots to a partial segment: the write block runs
+        when the segment is committed with ``advance``.
+        """
+        if self.hf is not None:
+            raise ConfigError("cached decoding is only for the builtin backbone")
+        probe = memory.reset[:, None].long()  # (B, 1): batch size and device
+        self._check_memory(memory, probe)
+        x = self.embed_dropout(self.read_memory(memory))  # (B, m, d)
+        rotary = self.rotary(torch.arange(self.config.memory_tokens, device=x.device))
+        caches: list[tuple[Tensor, Tensor] | None] = []
+        for block in self.blocks:
+            x, cache = block.forward_cached(x, None, rotary=rotary)
+            caches.append(cache)
+        return DecodeState(caches=caches)
+
+    def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
+        self.check_decode(tokens, state)
+        m, n, device = self.config.memory_tokens, tokens.shape[1], tokens.device
+        rotary = self.rotary(m + state.length + torch.arange(n, device=device))
+        mask = cache_mask(state.length, n, prefix=m, device=device)
+        x = self.embed_dropout(self.embed_tokens(tokens))  # (B, n, d)
+        caches: list[tuple[Tensor, Tensor] | None] = []
+        for block, cache in zip(self.blocks, state.caches):
+            x, grown = block.forward_cached(x, cache, mask=mask, rotary=rotary)
+            caches.append(grown)
+        return self.logits(x), DecodeState(caches=caches, length=state.length + n)
 
 
 # --------------------------------------------------------------------------- Hugging Face
