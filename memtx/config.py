@@ -338,6 +338,8 @@ class TrainConfig(_Checked):
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         compile: wrap the model in ``torch.compile`` (slow first step).
         on_nonfinite: a NaN/inf loss or gradient: ``skip`` the step or ``stop`` the run.
+        check_memory: check each segment's memory for NaN/inf in the driver (debugging;
+            one device sync per segment).
     """
 
     section: ClassVar[str] = "train"
@@ -362,6 +364,7 @@ class TrainConfig(_Checked):
     device: str = "cpu"
     compile: bool = False
     on_nonfinite: Literal["skip", "stop"] = "stop"
+    check_memory: bool = False
 
     def _validate(self) -> None:
         for name in ("steps", "batch_size", "rollout", "truncate", "keep_checkpoints"):

@@ -46,6 +46,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 __all__ = [
     "STRATEGIES",
     "LossFn",
+    "NonFiniteMemoryError",
     "RolloutResult",
     "check_strategy",
     "iter_segments",
@@ -127,6 +128,7 @@ def rollout(
     truncate: int = 1,
     segment_len: int | None = None,
     backward: bool = True,
+    check_memory: bool = False,
 ) -> RolloutResult:
     """Process ``inputs`` [B, N] segment by segment and backpropagate ``sum(loss_fn)``.
 
@@ -144,22 +146,26 @@ def rollout(
         truncate: for ``"truncated"``, segments per backpropagation window.
         segment_len: defaults to ``model.config.segment_len``.
         backward: False computes only the loss (no gradients; evaluation).
+        check_memory: check every segment's memory for NaN/inf and name the segment
+            (a debugging aid: it costs a device sync per segment).
 
     Raises:
         ConfigError: unknown strategy or bad ``truncate``.
         DataError: inputs and targets of different shapes, or empty.
+        NonFiniteMemoryError: with ``check_memory``, a memory with NaN or inf.
     """
     check_strategy(strategy, truncate=truncate)
     _check_pair(inputs, targets)
     segment_len = segment_len or model.config.segment_len
     xs, ys = split_segments(inputs, segment_len), split_segments(targets, segment_len)
+    check = _check_finite if check_memory else None
     if not backward:
         with torch.no_grad():
-            total, memory = _forward(model, xs, ys, memory, loss_fn=loss_fn, seed=None)
+            total, memory = _forward(model, xs, ys, memory, loss_fn=loss_fn, seed=None, check=check)
         return RolloutResult(total.detach(), detach_memory(memory), len(xs))
     seed = _rollout_seed(model)
     if strategy == "mrbp":
-        total, memory = _mrbp(model, xs, ys, memory, loss_fn=loss_fn, seed=seed)
+        total, memory = _mrbp(model, xs, ys, memory, loss_fn=loss_fn, seed=seed, check=check)
     else:
         window = len(xs) if strategy == "full" else truncate
         total = inputs.new_zeros((), dtype=torch.float32)
@@ -173,6 +179,7 @@ def rollout(
                 loss_fn=loss_fn,
                 seed=seed,
                 offset=start,
+                check=check,
             )
             if chunk.requires_grad:
                 chunk.backward()
@@ -189,12 +196,15 @@ def _forward(
     loss_fn: LossFn,
     seed: int | None,
     offset: int = 0,
+    check: Callable[[Memory, int], None] | None = None,
 ) -> tuple[Tensor, Memory]:
     """Sum of per-segment losses over ``xs`` with the graph kept (in grad mode)."""
     total: Tensor | None = None
     for index, (x, y) in enumerate(zip(xs, ys)):
         with _segment_rng(seed, offset + index, x.device):
             out = model.step(x, memory)
+        if check is not None:
+            check(out.memory, offset + index)
         loss = loss_fn(out.logits, y)
         total = loss if total is None else total + loss
         memory = out.memory
@@ -210,6 +220,7 @@ def _mrbp(
     *,
     loss_fn: LossFn,
     seed: int | None,
+    check: Callable[[Memory, int], None] | None = None,
 ) -> tuple[Tensor, Memory]:
     """Memory Replay Back-Propagation over one rollout (see the module docstring)."""
     # 1. Forward without grad along the critical path, keeping each segment's input memory.
@@ -218,6 +229,8 @@ def _mrbp(
         for index, x in enumerate(xs):
             with _segment_rng(seed, index, x.device):
                 memories.append(detach_memory(model.advance(x, memories[-1])))
+            if check is not None:
+                check(memories[-1], index)
     final_memory = memories.pop()
 
     # 2. Replay from the last segment to the first. ``grads`` holds dLoss/dM_{t+1} from
@@ -247,6 +260,19 @@ def _mrbp(
         total = total + loss.detach()
         del out, loss, roots  # free this segment's graph before replaying the previous one
     return total, final_memory
+
+
+class NonFiniteMemoryError(DataError):
+    """A memory value with NaN or inf entries (found with ``check_memory``)."""
+
+
+def _check_finite(memory: Memory, index: int) -> None:
+    for position, leaf in enumerate(memory_leaves(memory)):
+        if leaf.dtype.is_floating_point and not bool(torch.isfinite(leaf).all()):
+            raise NonFiniteMemoryError(
+                f"the memory after segment {index} has NaN or inf entries (leaf {position}, "
+                f"shape {tuple(leaf.shape)})"
+            )
 
 
 def _requires_grad_if_float(tensor: Tensor) -> Tensor:

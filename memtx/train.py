@@ -465,6 +465,7 @@ def train(
                     loss_fn=_lm_loss(batch.count),
                     strategy=cfg.strategy,
                     truncate=cfg.truncate,
+                    check_memory=cfg.check_memory,
                 )
             distributed.average_gradients(model, ctx)
             loss = distributed.mean(float(result.loss), ctx)

@@ -70,3 +70,25 @@ def test_mismatched_targets_and_empty_inputs() -> None:
     empty = torch.zeros(2, 0, dtype=torch.long)
     with pytest.raises(DataError, match="non-empty"):
         rollout(model, empty, empty, model.init_memory(2), loss_fn=lm_loss)
+
+
+@pytest.mark.parametrize("strategy", ["full", "mrbp"])
+def test_check_memory_names_the_segment_with_a_nonfinite_memory(strategy: str) -> None:
+    from memtx.recurrence import NonFiniteMemoryError
+
+    model = small_model("rmt").train()
+    x = torch.randint(0, 32, (2, 3 * 8 + 1))
+    with torch.no_grad():  # poison one token: the memory goes bad at the segment holding it
+        model.embed.weight[5] = float("nan")
+    x[:, :16] = 1
+    x[:, 17] = 5  # in the third segment (positions 16..23)
+    with pytest.raises(NonFiniteMemoryError, match="after segment 2"):
+        rollout(
+            model,
+            x[:, :-1],
+            x[:, 1:],
+            model.init_memory(2),
+            loss_fn=lm_loss,
+            strategy=strategy,
+            check_memory=True,
+        )
