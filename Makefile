@@ -23,8 +23,8 @@ install: $(STAMP)
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/memtx demo
 
+# One thread per process: the tests are small, and several spawn processes of their own.
 test: install
-	# One thread per process: the tests are small, and several spawn processes of their own.
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # A longer fault-injection run, by hand: 25 SIGKILLs over a 400-step run, and the rest of
