@@ -135,7 +135,7 @@ class TaskSource:
         from memtx.data.tasks import make_task
 
         if segments not in self._tasks:
-            extra = {"noise": self.noise} if self.cfg.name == "facts" else {}
+            extra: dict[str, Any] = {"noise": self.noise} if self.cfg.name == "facts" else {}
             self._tasks[segments] = make_task(
                 self.cfg.name,
                 segments=segments,

@@ -419,14 +419,24 @@ class Memformer(SegmentLM):
         rotary = self.rotary(state.length + torch.arange(n, device=device))
         mask = cache_mask(state.length, n, device=device)
         x = self.embed_tokens(tokens)  # (B, n, d)
-        caches = []
-        for block, cache in zip(self.decoder, state.caches):
+        caches: list[tuple[Tensor, Tensor] | None] = []
+        for block, cache in zip(self._typed_decoder(), state.caches):
             x, grown = block.forward_cached(
-                x, cache, mask=mask, rotary=rotary, context=state.context,
+                x,
+                cache,
+                mask=mask,
+                rotary=rotary,
+                context=state.context,
                 context_mask=state.context_mask,
             )
             caches.append(grown)
         return self.logits(x), DecodeState(
-            caches=caches, length=state.length + n, context=state.context,
+            caches=caches,
+            length=state.length + n,
+            context=state.context,
             context_mask=state.context_mask,
         )
+
+    def _typed_decoder(self) -> list[Block]:
+        """``self.decoder`` with its element type, for the type checker."""
+        return list(self.decoder)  # type: ignore[arg-type]

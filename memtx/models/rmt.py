@@ -328,7 +328,7 @@ class RMT(SegmentLM):
         x = self.embed_dropout(self.read_memory(memory))  # (B, m, d)
         rotary = self.rotary(torch.arange(self.config.memory_tokens, device=x.device))
         caches: list[tuple[Tensor, Tensor] | None] = []
-        for block in self.blocks:
+        for block in self._typed_blocks():
             x, cache = block.forward_cached(x, None, rotary=rotary)
             caches.append(cache)
         return DecodeState(caches=caches)
@@ -341,10 +341,14 @@ class RMT(SegmentLM):
         mask = cache_mask(state.length, n, prefix=m, device=device)
         x = self.embed_dropout(self.embed_tokens(tokens))  # (B, n, d)
         caches: list[tuple[Tensor, Tensor] | None] = []
-        for block, cache in zip(self.blocks, state.caches):
+        for block, cache in zip(self._typed_blocks(), state.caches):
             x, grown = block.forward_cached(x, cache, mask=mask, rotary=rotary)
             caches.append(grown)
         return self.logits(x), DecodeState(caches=caches, length=state.length + n)
+
+    def _typed_blocks(self) -> list[Block]:
+        """``self.blocks`` with its element type, for the type checker."""
+        return list(self.blocks)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- Hugging Face

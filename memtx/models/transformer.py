@@ -61,8 +61,12 @@ class Transformer(SegmentLM):
         rotary = self.rotary(state.length + torch.arange(n, device=device))
         mask = cache_mask(state.length, n, device=device)
         x = self.embed_tokens(tokens)  # (B, n, d)
-        caches = []
-        for block, cache in zip(self.blocks, state.caches):
+        caches: list[tuple[Tensor, Tensor] | None] = []
+        for block, cache in zip(self._typed_blocks(), state.caches):
             x, grown = block.forward_cached(x, cache, mask=mask, rotary=rotary)
             caches.append(grown)
         return self.logits(x), DecodeState(caches=caches, length=state.length + n)
+
+    def _typed_blocks(self) -> list[Block]:
+        """``self.blocks`` with its element type, for the type checker."""
+        return list(self.blocks)  # type: ignore[arg-type]

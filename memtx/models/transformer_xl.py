@@ -169,7 +169,7 @@ class TransformerXL(SegmentLM):
         probe = memory.valid[:, None]  # (B, 1): batch size and device
         self._check_memory(memory, probe)
         caches: list[tuple[Tensor, Tensor] | None] = []
-        for layer, states in zip(self.layers, memory.states):
+        for layer, states in zip(self._typed_layers(), memory.states):
             caches.append(layer.keys_values(layer.ln_attn(states)) if self.config.mem_len else None)
         return DecodeState(caches=caches, extra={"valid": memory.valid})
 
@@ -185,7 +185,7 @@ class TransformerXL(SegmentLM):
         allowed = (key_pos <= query_pos)[None, None] & (key_pos[None, None] >= first_valid)
         x = self.embed_tokens(tokens)  # (B, n, d)
         caches: list[tuple[Tensor, Tensor] | None] = []
-        for layer, cache in zip(self.layers, state.caches):
+        for layer, cache in zip(self._typed_layers(), state.caches):
             h = layer.ln_attn(x)
             k, v = layer.keys_values(h)  # (B, H, n, hd)
             if cache is not None:
@@ -193,3 +193,7 @@ class TransformerXL(SegmentLM):
             caches.append((k, v))
             x = layer.attend(x, h, k, v, distances=distances, allowed=allowed)
         return self.logits(x), DecodeState(caches=caches, length=past + n, extra=state.extra)
+
+    def _typed_layers(self) -> list[RelativeAttentionLayer]:
+        """``self.layers`` with its element type, for the type checker."""
+        return list(self.layers)  # type: ignore[arg-type]
