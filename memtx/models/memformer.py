@@ -67,7 +67,7 @@ from memtx.models.protocol import (
     check_memory_tensor,
     check_memory_type,
 )
-from memtx.modules import Block, RotaryEmbedding
+from memtx.modules import Block, RotaryEmbedding, decode_blocks
 from memtx.modules.attention import merge_heads, split_heads
 
 
@@ -419,24 +419,18 @@ class Memformer(SegmentLM):
         rotary = self.rotary(state.length + torch.arange(n, device=device))
         mask = cache_mask(state.length, n, device=device)
         x = self.embed_tokens(tokens)  # (B, n, d)
-        caches: list[tuple[Tensor, Tensor] | None] = []
-        for block, cache in zip(self._typed_decoder(), state.caches):
-            x, grown = block.forward_cached(
-                x,
-                cache,
-                mask=mask,
-                rotary=rotary,
-                context=state.context,
-                context_mask=state.context_mask,
-            )
-            caches.append(grown)
+        x, caches = decode_blocks(
+            self.decoder,
+            x,
+            state.caches,
+            mask=mask,
+            rotary=rotary,
+            context=state.context,
+            context_mask=state.context_mask,
+        )
         return self.logits(x), DecodeState(
             caches=caches,
             length=state.length + n,
             context=state.context,
             context_mask=state.context_mask,
         )
-
-    def _typed_decoder(self) -> list[Block]:
-        """``self.decoder`` with its element type, for the type checker."""
-        return list(self.decoder)  # type: ignore[arg-type]

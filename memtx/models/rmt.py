@@ -75,7 +75,7 @@ from memtx.models.protocol import (
     check_memory_tensor,
     check_memory_type,
 )
-from memtx.modules import Block, RotaryEmbedding
+from memtx.modules import Block, RotaryEmbedding, decode_blocks
 
 LAYOUTS: tuple[str, ...] = ("read_write", "read_only")
 HF_INSTALL_HINT = "pip install memtx[hf]"
@@ -327,10 +327,7 @@ class RMT(SegmentLM):
         self._check_memory(memory, probe)
         x = self.embed_dropout(self.read_memory(memory))  # (B, m, d)
         rotary = self.rotary(torch.arange(self.config.memory_tokens, device=x.device))
-        caches: list[tuple[Tensor, Tensor] | None] = []
-        for block in self._typed_blocks():
-            x, cache = block.forward_cached(x, None, rotary=rotary)
-            caches.append(cache)
+        _, caches = decode_blocks(self.blocks, x, [None] * len(self.blocks), rotary=rotary)
         return DecodeState(caches=caches)
 
     def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
@@ -340,15 +337,8 @@ class RMT(SegmentLM):
         rotary = self.rotary(m + state.length + torch.arange(n, device=device))
         mask = cache_mask(state.length, n, prefix=m, device=device)
         x = self.embed_dropout(self.embed_tokens(tokens))  # (B, n, d)
-        caches: list[tuple[Tensor, Tensor] | None] = []
-        for block, cache in zip(self._typed_blocks(), state.caches):
-            x, grown = block.forward_cached(x, cache, mask=mask, rotary=rotary)
-            caches.append(grown)
+        x, caches = decode_blocks(self.blocks, x, state.caches, mask=mask, rotary=rotary)
         return self.logits(x), DecodeState(caches=caches, length=state.length + n)
-
-    def _typed_blocks(self) -> list[Block]:
-        """``self.blocks`` with its element type, for the type checker."""
-        return list(self.blocks)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- Hugging Face

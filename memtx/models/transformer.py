@@ -14,7 +14,7 @@ from memtx.models.protocol import (
     cache_mask,
     check_memory_tensor,
 )
-from memtx.modules import Block, RotaryEmbedding
+from memtx.modules import Block, RotaryEmbedding, decode_blocks
 
 
 class Transformer(SegmentLM):
@@ -61,12 +61,5 @@ class Transformer(SegmentLM):
         rotary = self.rotary(state.length + torch.arange(n, device=device))
         mask = cache_mask(state.length, n, device=device)
         x = self.embed_tokens(tokens)  # (B, n, d)
-        caches: list[tuple[Tensor, Tensor] | None] = []
-        for block, cache in zip(self._typed_blocks(), state.caches):
-            x, grown = block.forward_cached(x, cache, mask=mask, rotary=rotary)
-            caches.append(grown)
+        x, caches = decode_blocks(self.blocks, x, state.caches, mask=mask, rotary=rotary)
         return self.logits(x), DecodeState(caches=caches, length=state.length + n)
-
-    def _typed_blocks(self) -> list[Block]:
-        """``self.blocks`` with its element type, for the type checker."""
-        return list(self.blocks)  # type: ignore[arg-type]

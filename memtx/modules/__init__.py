@@ -1,7 +1,7 @@
 """The only building blocks shared between models: attention, positions, blocks."""
 
 from memtx.modules.attention import MultiHeadAttention, attend
-from memtx.modules.blocks import Block, FeedForward
+from memtx.modules.blocks import Block, FeedForward, decode_blocks
 from memtx.modules.positions import RotaryEmbedding, apply_rotary, sinusoid
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "RotaryEmbedding",
     "apply_rotary",
     "attend",
+    "decode_blocks",
     "sinusoid",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 from torch import Tensor, nn
 
 from memtx.modules.attention import MultiHeadAttention
@@ -95,3 +98,26 @@ class Block(nn.Module):
                 self.ln_cross(x), context=self.ln_context(context), mask=context_mask
             )
         return x + self.ffn(self.ln_ffn(x)), cache
+
+
+def decode_blocks(
+    blocks: Iterable[nn.Module],
+    x: Tensor,
+    caches: list[tuple[Tensor, Tensor] | None],
+    *,
+    mask: Tensor | None = None,
+    rotary: tuple[Tensor, Tensor] | None = None,
+    context: Tensor | None = None,
+    context_mask: Tensor | None = None,
+) -> tuple[Tensor, list[tuple[Tensor, Tensor] | None]]:
+    """Run new positions ``x`` [B, n, d] through a stack of :class:`Block` with KV caches.
+
+    Returns the output [B, n, d] and each block's grown cache (generation's inner loop).
+    """
+    grown: list[tuple[Tensor, Tensor] | None] = []
+    for block, cache in zip(blocks, caches, strict=True):
+        x, new_cache = cast(Block, block).forward_cached(
+            x, cache, mask=mask, rotary=rotary, context=context, context_mask=context_mask
+        )
+        grown.append(new_cache)
+    return x, grown
