@@ -95,11 +95,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 # --------------------------------------------------------------------------- state
 
 
-def optimizer_to_state(
-    optimizer: torch.optim.Optimizer,
+def split_optimizer_state(
+    state_dict: dict[str, Any],
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer's state dict into tensors (for safetensors) and JSON scalars."""
-    state_dict = optimizer.state_dict()
+    """An optimizer state dict as tensors (for safetensors) and JSON (groups, scalars)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for index, values in state_dict["state"].items():
@@ -111,10 +110,8 @@ def optimizer_to_state(
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_state(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> None:
-    """Inverse of :func:`optimizer_to_state`, loaded into ``optimizer``."""
+def join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`split_optimizer_state`: the optimizer state dict."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -129,7 +126,7 @@ def optimizer_from_state(
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
         groups.append(group)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

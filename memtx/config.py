@@ -337,6 +337,9 @@ class TrainConfig(_Checked):
         keep_checkpoints: keep this many most recent checkpoints.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         compile: wrap the model in ``torch.compile`` (slow first step).
+        fsdp: with several processes, shard parameters, gradients and optimizer state
+            with FSDP2 (``fully_shard``) instead of replicating them; checkpoints still
+            hold the full state and load in one process.
         on_nonfinite: a NaN/inf loss or gradient: ``skip`` the step or ``stop`` the run.
         check_memory: check each segment's memory for NaN/inf in the driver (debugging;
             one device sync per segment).
@@ -363,6 +366,7 @@ class TrainConfig(_Checked):
     keep_checkpoints: int = 3
     device: str = "cpu"
     compile: bool = False
+    fsdp: bool = False
     on_nonfinite: Literal["skip", "stop"] = "stop"
     check_memory: bool = False
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -26,7 +27,17 @@ from torch import nn
 from memtx.errors import ConfigError
 from memtx.models.protocol import Memory, concat_rows, map_memory, memory_leaves
 
-__all__ = ["DistContext", "average_gradients", "gather_memory", "mean", "setup", "teardown"]
+__all__ = [
+    "DistContext",
+    "average_gradients",
+    "full_training_state",
+    "gather_memory",
+    "load_full_training_state",
+    "mean",
+    "setup",
+    "shard_model",
+    "teardown",
+]
 
 
 @dataclass(frozen=True)
@@ -135,3 +146,92 @@ def _rebuild(template: Memory, leaves: list[torch.Tensor]) -> Memory:
 def barrier(ctx: DistContext) -> None:
     if ctx.active:
         dist.barrier()
+
+
+# --------------------------------------------------------------------------- FSDP2
+
+
+def shard_model(model: nn.Module) -> None:
+    """FSDP2 (``fully_shard``): each transformer block, then the whole model.
+
+    The driver calls ``step`` and ``advance`` (and the loop ``init_memory``) rather than
+    ``forward``, so those are registered as forward methods: FSDP gathers the parameters
+    around each call and frees them after.
+    """
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    from memtx.models.transformer_xl import RelativeAttentionLayer
+    from memtx.modules import Block
+
+    for module in list(model.modules()):
+        if isinstance(module, (Block, RelativeAttentionLayer)):
+            fully_shard(module)
+    fully_shard(model)
+    for name in ("step", "advance", "init_memory"):
+        register_fsdp_forward_method(model, name)
+
+
+def _parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimizer's own order (what its state-dict indices count)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_training_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, *, sharded: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Full (unsharded) model weights and optimizer state, as one process would hold them.
+
+    With FSDP this is a collective (every rank must call it); the optimizer state comes
+    back keyed by index, so a checkpoint written by N sharded processes loads in one.
+    """
+    if not sharded:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights: Any = get_model_state_dict(model, options=options)  # torch's loose value types
+    by_name: Any = get_optimizer_state_dict(model, optimizer, options=options)
+    index = {name: i for i, name in enumerate(_parameter_names(model, optimizer))}
+    state = {index[name]: value for name, value in by_name.get("state", {}).items()}
+    groups = [
+        {**group, "params": [index[name] for name in group["params"]]}
+        for group in by_name.get("param_groups", [])
+    ]
+    return weights, {"state": state, "param_groups": groups}
+
+
+def load_full_training_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    *,
+    sharded: bool,
+) -> None:
+    """Load full weights and index-keyed optimizer state (into a sharded model if FSDP)."""
+    if not sharded:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, cast(Any, weights), options=options)
+    names = _parameter_names(model, optimizer)
+    by_name: Any = {
+        "state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[int(i)] for i in group["params"]]}
+            for group in optimizer_state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=by_name, options=options)

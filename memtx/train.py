@@ -35,12 +35,12 @@ from memtx.checkpoint import (
     CheckpointError,
     atomic_write_text,
     checkpoint_dirs,
+    join_optimizer_state,
     load_latest,
-    optimizer_from_state,
-    optimizer_to_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    split_optimizer_state,
 )
 from memtx.config import RunConfig, TrainConfig
 from memtx.data import (
@@ -207,11 +207,10 @@ def _lm_loss(count: int) -> Callable[[Tensor, Tensor], Tensor]:
     return loss_fn
 
 
-def _grad_norm(model: torch.nn.Module) -> Tensor:
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+def _full(value: Tensor) -> Tensor:
+    """A DTensor (FSDP) as a plain tensor; anything else as it is."""
+    full_tensor = getattr(value, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else value
 
 
 # --------------------------------------------------------------------------- the loop
@@ -332,6 +331,9 @@ def train(
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model: SegmentLM = from_config(run.model).to(device)
+    sharded = cfg.fsdp and ctx.active
+    if sharded:
+        distributed.shard_model(model)
     optimizer = build_optimizer(model, cfg)
     if cfg.compile:
         # The driver calls ``step``; compiling that bound method covers every model.
@@ -349,8 +351,13 @@ def train(
     if resume:
         checkpoint = load_latest(out_dir, map_location=device)
         if checkpoint is not None:
-            model.load_state_dict(checkpoint.model)
-            optimizer_from_state(optimizer, checkpoint.state, checkpoint.meta["optimizer"])
+            distributed.load_full_training_state(
+                model,
+                optimizer,
+                checkpoint.model,
+                join_optimizer_state(checkpoint.state, checkpoint.meta["optimizer"]),
+                sharded=sharded,
+            )
             source.load_state(checkpoint.meta["source"], checkpoint.state)
             start_step = checkpoint.step
             saved_rows = int(checkpoint.meta.get("memory_rows", 0))
@@ -373,15 +380,19 @@ def train(
         history = _metrics_until(metrics_path, start_step)
 
     def checkpoint_now(step: int) -> None:
-        full_memory = distributed.gather_memory(memory, ctx)  # collective: every rank
+        # Collectives first: every rank takes part, rank 0 writes.
+        full_memory = distributed.gather_memory(memory, ctx)
+        weights, optimizer_state = distributed.full_training_state(
+            model, optimizer, sharded=sharded
+        )
         if ctx.is_main:
-            optim_tensors, optim_meta = optimizer_to_state(optimizer)
+            optim_tensors, optim_meta = split_optimizer_state(optimizer_state)
             rng_tensors, rng_meta = rng_state()
             source_meta, source_tensors = source.state()
             save_checkpoint(
                 out_dir,
                 step=step,
-                model_state=model.state_dict(),
+                model_state=weights,
                 state={
                     **optim_tensors,
                     **rng_tensors,
@@ -467,9 +478,15 @@ def train(
                     truncate=cfg.truncate,
                     check_memory=cfg.check_memory,
                 )
-            distributed.average_gradients(model, ctx)
+            if not sharded:  # FSDP reduce-scatters the gradients itself
+                distributed.average_gradients(model, ctx)
             loss = distributed.mean(float(result.loss), ctx)
-            norm = _grad_norm(model)
+            # The global norm (clipping only when grad_clip > 0); a NaN norm skips the step.
+            norm = _full(
+                torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf")
+                )
+            )
             done = final_step = step + 1
             if not (math.isfinite(loss) and torch.isfinite(norm)):
                 what = "loss" if not math.isfinite(loss) else "gradient norm"
@@ -481,8 +498,6 @@ def train(
                 memory = model.init_memory(rows, device=device)
                 bar.update(1)
                 continue
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             memory = result.memory
             tokens_done += inputs.numel() * ctx.world_size

@@ -75,3 +75,26 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path: Path) -> None:
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_fsdp2_equals_one_process_and_its_checkpoint_loads_in_one(tmp_path: Path) -> None:
+    from memtx.config import load_run_config
+
+    sets = [
+        *SETS,
+        "model.name=memformer",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "model.memory_slots=4",
+        "train.strategy=mrbp",
+    ]
+    sets = [s for s in sets if not s.startswith(("model.mem_len", "model.n_layers"))]
+    two = tmp_path / "fsdp"
+    _torchrun(two, *sets, "train.fsdp=true")
+    train(load_run_config(None, overrides=sets), out_dir=tmp_path / "one", progress=False)
+    torch.testing.assert_close(
+        torch.tensor(_losses(two)), torch.tensor(_losses(tmp_path / "one")), rtol=1e-5, atol=1e-6
+    )
+    resumed = load_saved_run(two, overrides=["train.steps=6", "train.fsdp=false"])
+    result = train(resumed, out_dir=two, resume=True, progress=False)
+    assert result.steps == 6 and len(_losses(two)) == 6

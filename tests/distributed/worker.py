@@ -16,5 +16,6 @@ if __name__ == "__main__":
     run = load_run_config(None, overrides=sys.argv[2:])
     result = train(run, out_dir=out, progress=False)
     rank = int(os.environ.get("RANK", "0"))
-    state = {k: v.contiguous().clone() for k, v in result.model.state_dict().items()}
-    save_file(state, str(out.parent / f"{out.name}-rank{rank}.safetensors"))
+    if not run.train.fsdp:  # FSDP ranks hold shards; their checkpoint holds the full state
+        state = {k: v.contiguous().clone() for k, v in result.model.state_dict().items()}
+        save_file(state, str(out.parent / f"{out.name}-rank{rank}.safetensors"))
