@@ -133,11 +133,24 @@ def eval_(
     rows: Annotated[int, typer.Option(help="Parallel streams.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    segments: Annotated[
+        Optional[int], typer.Option(help="Task runs: evaluate at this many segments.")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Task runs: held-out samples.")] = 500,
 ) -> None:
-    """Evaluate a trained run, streamed segment by segment: bits per byte / perplexity."""
+    """Evaluate a trained run, streamed segment by segment: bits per byte / perplexity,
+    or answer accuracy for a task run (--segments to evaluate longer than trained)."""
 
     def go() -> None:
-        from memtx.train import evaluate_run
+        from memtx.train import evaluate_run, evaluate_task_run, load_saved_run
+
+        if segments is not None or load_saved_run(run).task is not None:
+            metrics = evaluate_task_run(run, segments=segments, samples=samples)
+            if as_json:
+                typer.echo(json.dumps(metrics))
+            else:
+                typer.echo("  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            return
 
         result = evaluate_run(
             run,

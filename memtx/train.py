@@ -662,10 +662,12 @@ def evaluate_run(
     rows: int = 8,
     progress: bool = False,
 ) -> EvalResult:
-    """Evaluate a trained run on a split of its corpus (or of ``corpus``)."""
+    """Evaluate a trained text run on a split of its corpus (or of ``corpus``)."""
     if split not in ("valid", "test"):
         raise ConfigError(f"--split must be valid or test, got {split!r}")
     run, model = load_trained(run_dir, overrides=overrides)
+    if run.task is not None:
+        raise ConfigError(f"{run_dir} was trained on the task {run.task.name!r}: use --segments")
     if corpus is not None:
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, corpus=corpus))
     data = prepare_data(run, tokenizer=load_tokenizer(Path(run_dir)))
@@ -678,6 +680,37 @@ def evaluate_run(
         bytes_per_token=data.bytes_per_token[split],
         progress=progress,
     )
+
+
+def evaluate_task_run(
+    run_dir: Path, *, segments: int | None = None, samples: int = 500, seed: int = 12345
+) -> dict[str, float]:
+    """Answer accuracy of a task run on held-out samples of ``segments`` segments.
+
+    Evaluating at more segments than the run was trained on measures how the memory
+    generalises to longer inputs (memory use stays that of one segment).
+    """
+    from memtx.sources import evaluate_task
+
+    run, model = load_trained(run_dir)
+    if run.task is None:
+        raise ConfigError(f"{run_dir} was trained on text, not a task: drop --segments")
+    segments = run.task.segments if segments is None else segments
+    if segments < 1:
+        raise ConfigError(f"--segments must be >= 1, got {segments}")
+    noise = prepare_data(run).train if run.task.name == "facts" else None
+    source = TaskSource(
+        run.task,
+        segment_len=run.model.segment_len,
+        rows=1,
+        rank=0,
+        seed=run.train.seed,
+        noise=noise,
+    )
+    metrics = evaluate_task(
+        model, source.task(segments), samples=samples, device=model.device, seed=seed
+    )
+    return {"segments": float(segments), **metrics}
 
 
 def _free_dir(path: Path) -> Path:

@@ -104,3 +104,35 @@ def test_task_that_does_not_fit_fails_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         train(run, out_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_task_run_evaluates_at_longer_lengths_from_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from memtx.cli import app
+
+    train(
+        load_run_config(None, overrides=[*TASK, "train.steps=2"]),
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
+    runner = CliRunner()
+    for segments in (3, 12):
+        result = runner.invoke(
+            app,
+            [
+                "eval",
+                "--run",
+                str(tmp_path / "run"),
+                "--segments",
+                str(segments),
+                "--samples",
+                "8",
+                "--json",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(result.stdout.strip().splitlines()[-1])
+        assert metrics["segments"] == segments and 0 <= metrics["token_accuracy"] <= 1
+    result = runner.invoke(app, ["eval", "--run", str(tmp_path / "run"), "--segments", "0"])
+    assert result.exit_code == 2 and "--segments must be >= 1" in result.stderr
