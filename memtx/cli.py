@@ -356,6 +356,25 @@ def repro_rmt(
     _guard(go)
 
 
+@bench_app.command("peers")
+def bench_peers(
+    out: Annotated[Path, typer.Option(help="Folder for peers.md and peers.json.")] = Path(
+        "benchmarks"
+    ),
+    steps: Annotated[int, typer.Option(help="Timed steps per row.")] = 3,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads per row.")] = None,
+) -> None:
+    """memtx vs the public memformer and RMT packages on the reference config, side by side."""
+
+    def go() -> None:
+        from memtx.bench.peers import run_peers_benchmark
+
+        run_peers_benchmark(out_dir=out, steps=steps, threads=threads)
+        typer.echo(f"wrote {out / 'peers.md'}")
+
+    _guard(go)
+
+
 def _int_list(text: str, *, name: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

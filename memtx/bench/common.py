@@ -7,13 +7,13 @@ import os
 import resource
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["markdown_table", "max_rss_mb", "peak_memory_mb", "run_json_worker"]
+__all__ = ["count_flops", "markdown_table", "max_rss_mb", "peak_memory_mb", "run_json_worker"]
 
 
 def max_rss_mb() -> float:
@@ -66,3 +66,35 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _sdpa_forward_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _sdpa_backward_flops(
+    grad_out: Any, query: Any, key: Any, value: Any, *args: Any, **kwargs: Any
+) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return 2 * sdpa_flop_count(query, key, value)  # dQ, dK, dV, dP: no recomputed scores
+
+
+def count_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one call of ``step``, CPU SDPA included (torch's counter skips it)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    counter = FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_forward_flops,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flops,
+        },
+    )
+    with counter:
+        step()
+    return int(counter.get_total_flops())

@@ -2,7 +2,8 @@
 
 ``measure_training(...)`` times full training steps (rollout forward + backward through
 the driver + AdamW) on random tokens, counts the FLOPs of one step with
-``torch.utils.flop_counter.FlopCounterMode``, and reports tokens/s, achieved FLOP/s and
+``torch.utils.flop_counter.FlopCounterMode`` (plus CPU attention, which it skips),
+and reports tokens/s, achieved FLOP/s and
 its fraction of ``peak_flops`` (measured by ``measure_matmul_peak`` when not given).
 
     python -m memtx.bench.throughput --model memformer --device cuda --dtype bf16
@@ -18,9 +19,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import memtx
+from memtx.bench.common import count_flops
 from memtx.recurrence import rollout
 
 __all__ = ["REFERENCE", "measure_matmul_peak", "measure_training"]
@@ -95,16 +96,19 @@ def measure_training(
     def one_step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            rollout(model, inputs, targets, model.init_memory(batch_size, device=dev),
-                    loss_fn=loss_fn, strategy=strategy)
+            rollout(
+                model,
+                inputs,
+                targets,
+                model.init_memory(batch_size, device=dev),
+                loss_fn=loss_fn,
+                strategy=strategy,
+            )
         optimizer.step()
 
     for _ in range(warmup):
         one_step()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        one_step()
-    flops = counter.get_total_flops()
+    flops = count_flops(one_step)  # CPU attention included (torch's counter skips it)
     _sync(dev)
     start = time.perf_counter()
     for _ in range(steps):
@@ -112,8 +116,9 @@ def measure_training(
     _sync(dev)
     seconds = (time.perf_counter() - start) / steps
     if peak_flops is None:
-        peak_flops = measure_matmul_peak(device=device, dtype=dtype,
-                                         size=4096 if dev.type == "cuda" else 1024)
+        peak_flops = measure_matmul_peak(
+            device=device, dtype=dtype, size=4096 if dev.type == "cuda" else 1024
+        )
     achieved = flops / seconds
     return {
         "model": model_name,
@@ -128,8 +133,9 @@ def measure_training(
         "achieved_tflops": achieved / 1e12,
         "peak_tflops": peak_flops / 1e12,
         "mfu": achieved / peak_flops,
-        "peak_memory_mb": (torch.cuda.max_memory_allocated(dev) / 2**20
-                           if dev.type == "cuda" else None),
+        "peak_memory_mb": (
+            torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+        ),
     }
 
 
@@ -140,12 +146,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the peak to divide by (default: a measured matmul)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the peak to divide by (default: a measured matmul)",
+    )
     args = parser.parse_args()
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
-    result = measure_training(model_name=args.model, strategy=args.strategy, device=args.device,
-                              dtype=args.dtype, steps=args.steps, peak_flops=peak)
+    result = measure_training(
+        model_name=args.model,
+        strategy=args.strategy,
+        device=args.device,
+        dtype=args.dtype,
+        steps=args.steps,
+        peak_flops=peak,
+    )
     print(json.dumps(result))
 
 
