@@ -191,6 +191,26 @@ def demo(
 
 
 @app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option(help="Run folder to create (or resume).")],
+    config: Annotated[Path, typer.Option(help="ELECTRA preset.")] = Path(
+        "configs/electra-small.toml"
+    ),
+    set_: SetOption = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """ELECTRA pre-training, with the TMR replay buffer unless --set replay.enabled=false."""
+
+    def go() -> None:
+        from memtx.electra import pretrain_from_config
+
+        summary = pretrain_from_config(config, overrides=set_ or [], out_dir=out, progress=progress)
+        typer.echo(json.dumps(summary, default=str))
+
+    _guard(go)
+
+
+@app.command()
 def generate(
     run: Annotated[Path, typer.Option(help="Run folder written by memtx train.")],
     prompt: Annotated[str, typer.Option(help="Text to continue (any length).")],
@@ -375,13 +395,45 @@ def bench_peers(
     _guard(go)
 
 
-def _int_list(text: str, *, name: str) -> list[int]:
+@repro_app.command("tmr")
+def repro_tmr(
+    out: Annotated[Path, typer.Option(help="Folder for tmr.md and tmr.png.")] = Path("benchmarks"),
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    config: Annotated[Path, typer.Option(help="ELECTRA preset.")] = Path(
+        "configs/electra-tmr.toml"
+    ),
+    set_: SetOption = None,
+    runs: Annotated[Path, typer.Option(help="Where the runs go.")] = Path("runs/tmr"),
+    threads: Annotated[
+        Optional[int], typer.Option(help="torch threads (1 is fastest on 2 busy cores).")
+    ] = 1,
+) -> None:
+    """ELECTRA with and without replay at equal generated examples, 3 seeds, then fine-tuning."""
+
+    def go() -> None:
+        from memtx.finetune import repro_tmr as run_repro
+
+        path = run_repro(
+            out_dir=out,
+            seeds=_int_list(seeds, name="--seeds", minimum=0),
+            config_path=config,
+            overrides=set_ or [],
+            work_dir=runs,
+            threads=threads,
+            echo=typer.echo,
+        )
+        typer.echo(f"wrote {path}")
+
+    _guard(go)
+
+
+def _int_list(text: str, *, name: str, minimum: int = 1) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         _fail(f"{name} expects comma-separated integers, got {text!r}")
-    if not values or min(values) < 1:
-        _fail(f"{name} expects integers >= 1, got {text!r}")
+    if not values or min(values) < minimum:
+        _fail(f"{name} expects integers >= {minimum}, got {text!r}")
     return values
 
 

@@ -55,12 +55,12 @@ from tqdm.auto import tqdm
 from memtx.checkpoint import (
     atomic_write_text,
     checkpoint_dirs,
+    join_optimizer_state,
     load_latest,
-    optimizer_from_state,
-    optimizer_to_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    split_optimizer_state,
 )
 from memtx.config import DataConfig, MemformerConfig, RunConfig, TrainConfig, _Checked
 from memtx.errors import ConfigError, DataError
@@ -69,6 +69,7 @@ from memtx.replay import ReplayBuffer, ReplayConfig, replay_count, rtd_example_s
 
 if TYPE_CHECKING:
     from memtx.finetune import FinetuneConfig
+    from memtx.models.memformer import Memformer
 
 __all__ = [
     "Corruption",
@@ -394,7 +395,7 @@ class Discriminator(nn.Module):
         super().__init__()
         self.config = config
         d, ffn = config.d_model, config.d_ff or 4 * config.d_model
-        self.memformer: nn.Module | None = None
+        self.memformer: Memformer | None = None
         if config.backbone == "encoder":
             self.embed = nn.Embedding(config.embedding_rows, d)
             self.encoder = BidirectionalEncoder(
@@ -427,7 +428,7 @@ class Discriminator(nn.Module):
     def token_embedding(self) -> nn.Embedding:
         """The embedding shared with the generator (``vocab_size + 2`` rows)."""
         if self.memformer is not None:
-            return self.memformer.embed  # type: ignore[return-value]
+            return self.memformer.embed
         return self.embed
 
     def hidden(self, ids: Tensor, *, key_mask: Tensor | None = None) -> Tensor:
@@ -587,7 +588,7 @@ class WindowSampler:
         return torch.from_numpy(rows.astype(np.int64))
 
     def state_dict(self) -> dict[str, Any]:
-        return self.rng.bit_generator.state  # JSON-able (Python ints)
+        return dict(self.rng.bit_generator.state)  # JSON-able (Python ints)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state
@@ -849,7 +850,9 @@ def pretrain(
         checkpoint = load_latest(out_dir, map_location=device)
         if checkpoint is not None:
             model.load_state_dict(checkpoint.model)
-            optimizer_from_state(optimizer, checkpoint.state, checkpoint.meta["optimizer"])
+            optimizer.load_state_dict(
+                join_optimizer_state(checkpoint.state, checkpoint.meta["optimizer"])
+            )
             sampler.load_state_dict(checkpoint.meta["sampler"])
             set_rng_state({k: v.cpu() for k, v in checkpoint.state.items()}, checkpoint.meta["rng"])
             if buffer is not None:
@@ -866,7 +869,7 @@ def pretrain(
         data.tokenizer.save(out_dir)
 
     def checkpoint_now(step: int) -> None:
-        optim_tensors, optim_meta = optimizer_to_state(optimizer)
+        optim_tensors, optim_meta = split_optimizer_state(optimizer.state_dict())
         rng_tensors, rng_meta = rng_state()
         state = {**optim_tensors, **rng_tensors}
         meta: dict[str, Any] = {

@@ -20,7 +20,9 @@ def _sets(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
-@pytest.mark.parametrize("verb", ["train", "eval", "demo", "bench", "generate", "inspect"])
+@pytest.mark.parametrize(
+    "verb", ["train", "eval", "demo", "bench", "generate", "inspect", "pretrain", "repro"]
+)
 def test_help(verb: str) -> None:
     result = runner.invoke(app, [verb, "--help"])
     assert result.exit_code == 0, result.output
