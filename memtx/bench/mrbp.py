@@ -5,7 +5,8 @@ speed x1.00, gradient checkpointing 9,885 MB at x0.48, MRBP 7,229 MB at x0.90; r
 adds only 62 MB to MRBP. This benchmark trains a Memformer for a few steps with each
 strategy and rollout and records peak memory and time per training step (forward +
 backward + AdamW step), with a loss on every segment (sum of per-segment mean
-cross-entropy) over random byte tokens.
+cross-entropy) over random byte tokens. The memory carries over from one step to the
+next (detached), as in training, so the numbers are those of the steady state.
 
 Strategies:
 
@@ -112,6 +113,7 @@ def run_worker(
 
     import memtx
     from memtx.models import SegmentModel
+    from memtx.models.protocol import detach_memory
     from memtx.recurrence import rollout as driver_rollout
     from memtx.recurrence import split_segments
 
@@ -144,6 +146,11 @@ def run_worker(
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1), target.flatten())
 
+    # As in training, each step's rollout continues the streams: the memory passes from
+    # one step to the next, detached (so every segment, the first included, has a
+    # previous segment to encode: the steady state, not the start of a stream).
+    carried: dict[str, Any] = {"memory": segment_model.init_memory(sizes.batch_size, device=device)}
+
     def checkpointed() -> torch.Tensor:
         """Full BPTT with every segment recomputed in the backward pass."""
 
@@ -151,7 +158,7 @@ def run_worker(
             out = segment_model.step(x, memory)
             return loss_fn(out.logits, y), out.memory
 
-        memory = segment_model.init_memory(sizes.batch_size, device=device)
+        memory = carried["memory"]
         total = inputs.new_zeros((), dtype=torch.float32)
         xs = split_segments(inputs, sizes.segment_len)
         ys = split_segments(targets, sizes.segment_len)
@@ -159,6 +166,7 @@ def run_worker(
             loss, memory = checkpoint(segment, x, y, memory, use_reentrant=False)
             total = total + loss
         total.backward()
+        carried["memory"] = detach_memory(memory)
         return total.detach()
 
     def train_step() -> float:
@@ -166,10 +174,15 @@ def run_worker(
         if strategy == "checkpoint":
             loss = checkpointed()
         else:
-            memory = segment_model.init_memory(sizes.batch_size, device=device)
-            loss = driver_rollout(
-                segment_model, inputs, targets, memory, loss_fn=loss_fn, strategy=strategy
-            ).loss
+            result = driver_rollout(
+                segment_model,
+                inputs,
+                targets,
+                carried["memory"],
+                loss_fn=loss_fn,
+                strategy=strategy,
+            )
+            carried["memory"], loss = result.memory, result.loss
         optimizer.step()
         return float(loss)
 
