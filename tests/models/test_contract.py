@@ -143,8 +143,9 @@ def test_memory_carries_gradient_and_truncation_cuts_it(key: str) -> None:
         )
         store.update(grads(model))
     names = full.keys() | cut.keys()  # some parameters get gradient only through memory
-    differs = any(n not in full or n not in cut or not torch.allclose(full[n], cut[n])
-                  for n in names)
+    differs = any(
+        n not in full or n not in cut or not torch.allclose(full[n], cut[n]) for n in names
+    )
     assert differs, "detaching the memory between segments changed no gradient"
 
 
