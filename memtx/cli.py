@@ -427,6 +427,28 @@ def repro_tmr(
     _guard(go)
 
 
+@bench_app.command("peak")
+def bench_peak(
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    sizes: Annotated[str, typer.Option(help="Comma-separated square matmul sizes.")] = (
+        "512,1024,2048"
+    ),
+) -> None:
+    """The machine's measured matmul peak (FLOP/s): what MFU figures are divided by."""
+
+    def go() -> None:
+        from memtx.bench.throughput import measure_matmul_peak
+
+        if dtype not in ("fp32", "bf16"):
+            _fail(f"--dtype must be fp32 or bf16, got {dtype!r}")
+        for size in _int_list(sizes, name="--sizes"):
+            flops = measure_matmul_peak(device=device, dtype=dtype, size=size)
+            typer.echo(f"{size}x{size} {dtype} matmul on {device}: {flops / 1e9:,.1f} GFLOP/s")
+
+    _guard(go)
+
+
 def _int_list(text: str, *, name: str, minimum: int = 1) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

@@ -143,3 +143,11 @@ def test_generate_streams_text_and_rejects_bad_input(tmp_path: Path) -> None:
     (empty_run / "config.json").write_text((out / "config.json").read_text())
     result = runner.invoke(app, ["generate", "--run", str(empty_run), "--prompt", "x"])
     assert result.exit_code == 2 and "no intact checkpoint" in result.stderr
+
+
+def test_bench_peak_reports_a_rate() -> None:
+    result = runner.invoke(app, ["bench", "peak", "--sizes", "64"])
+    assert result.exit_code == 0, result.output
+    assert "GFLOP/s" in result.stdout
+    result = runner.invoke(app, ["bench", "peak", "--dtype", "fp8"])
+    assert result.exit_code == 2 and "--dtype" in result.stderr
