@@ -104,6 +104,22 @@ class _Checked:
         if value < minimum:
             raise ConfigError(f"{self._key(name)} must be >= {minimum}, got {value}")
 
+    def _check_optimization(self) -> None:
+        """lr, min_lr_ratio, weight_decay, grad_clip, betas and device of a training config."""
+        cfg: Any = self  # TrainConfig or a pre-training config: both have these fields
+        lr, betas, device = cfg.lr, cfg.betas, cfg.device
+        if not lr > 0:
+            raise ConfigError(f"{self._key('lr')} must be > 0, got {lr}")
+        self._in_range("min_lr_ratio", 0.0, 1.0, high_open=False)
+        self._at_least("weight_decay", 0.0)
+        self._at_least("grad_clip", 0.0)
+        if any(not 0.0 <= beta < 1.0 for beta in betas):
+            raise ConfigError(f"{self._key('betas')} must be in [0, 1), got {betas}")
+        if not (device in ("cpu", "cuda", "auto") or device.startswith("cuda:")):
+            raise ConfigError(
+                f"{self._key('device')} must be cpu, cuda, cuda:N or auto, got {device!r}"
+            )
+
     def _in_range(self, name: str, low: float, high: float, *, high_open: bool = True) -> None:
         value = getattr(self, name)
         ok = low <= value < high if high_open else low <= value <= high
@@ -376,18 +392,7 @@ class TrainConfig(_Checked):
         for name in ("warmup_steps", "eval_every", "eval_tokens", "checkpoint_every"):
             self._at_least(name, 0)
         self._at_least("log_every", 1)
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        self._in_range("min_lr_ratio", 0.0, 1.0, high_open=False)
-        self._at_least("weight_decay", 0.0)
-        self._at_least("grad_clip", 0.0)
-        for beta in self.betas:
-            if not 0.0 <= beta < 1.0:
-                raise ConfigError(f"train.betas must be in [0, 1), got {self.betas}")
-        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
-            raise ConfigError(
-                f"train.device must be cpu, cuda, cuda:N or auto, got {self.device!r}"
-            )
+        self._check_optimization()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -229,18 +229,7 @@ class PretrainConfig(_Checked):
             self._at_least(name, 1)
         for name in ("warmup_steps", "checkpoint_every", "eval_examples"):
             self._at_least(name, 0)
-        if not self.lr > 0:
-            raise ConfigError(f"pretrain.lr must be > 0, got {self.lr}")
-        self._in_range("min_lr_ratio", 0.0, 1.0, high_open=False)
-        self._at_least("weight_decay", 0.0)
-        self._at_least("grad_clip", 0.0)
-        for beta in self.betas:
-            if not 0.0 <= beta < 1.0:
-                raise ConfigError(f"pretrain.betas must be in [0, 1), got {self.betas}")
-        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
-            raise ConfigError(
-                f"pretrain.device must be cpu, cuda, cuda:N or auto, got {self.device!r}"
-            )
+        self._check_optimization()
 
     def as_train_config(self) -> TrainConfig:
         """The same schedule and optimizer as a :class:`TrainConfig` (for ``memtx.train``)."""
