@@ -376,6 +376,51 @@ def repro_rmt(
     _guard(go)
 
 
+@repro_app.command("memformer")
+def repro_memformer(
+    out: Annotated[Path, typer.Option(help="Folder for memformer.md/.json/.png.")] = Path(
+        "benchmarks"
+    ),
+    runs: Annotated[Path, typer.Option(help="Where the trained runs go (reused).")] = Path(
+        "runs/repro-memformer"
+    ),
+    caches: Annotated[str, typer.Option(help="Transformer-XL cache lengths, comma-separated.")] = (
+        "64,128,256,512,1024,2048"
+    ),
+    steps: Annotated[int, typer.Option(help="Training steps for every model.")] = 400,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per process.")] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override for every model: section.key=value (repeatable)."),
+    ] = None,
+) -> None:
+    """Memformer vs Transformer-XL caches vs no memory on shakespeare: bpc, memory, speed."""
+
+    def go() -> None:
+        from memtx.repro.memformer import repro_memformer as run_repro
+
+        try:
+            lengths = [int(c) for c in caches.split(",") if c.strip()]
+        except ValueError:
+            _fail(f"--caches: expected comma-separated integers, got {caches!r}")
+        if steps < 1:
+            _fail(f"--steps must be >= 1, got {steps}")
+        path = run_repro(
+            out_dir=out,
+            runs_dir=runs,
+            caches=lengths,
+            steps=steps,
+            device=device,
+            threads=threads,
+            overrides=set_ or [],
+            echo=typer.echo,
+        )
+        typer.echo(f"wrote {path}")
+
+    _guard(go)
+
+
 @bench_app.command("peers")
 def bench_peers(
     out: Annotated[Path, typer.Option(help="Folder for peers.md and peers.json.")] = Path(

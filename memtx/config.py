@@ -439,6 +439,11 @@ class TaskConfig(_Checked):
         segments: segments per sample at the end of the curriculum (and for evaluation).
         stages: segments per sample for each curriculum stage, e.g. ``[1, 2, 4, 8]``; each
             stage starts from the weights the last one ended with. Empty: ``[segments]``.
+        source_stages: copy/reverse source length for each stage, e.g. ``[4, 8, ..., 36]``
+            at a fixed ``segments`` (with ``filler_at = "start"`` a short source sits next
+            to its copy, so each stage reaches a little further back through the memory).
+            Empty: ``source_len`` throughout. When both lists are given they pair up
+            stage by stage and must have the same length; a single list sets the count.
         stage_steps: at most this many steps per stage.
         advance_at: answer token accuracy (on ``eval_samples`` held-out samples, checked
             every ``train.eval_every`` steps) that ends a stage early.
@@ -457,6 +462,7 @@ class TaskConfig(_Checked):
     name: Literal["copy", "reverse", "associative", "facts"] = "copy"
     segments: int = 9
     stages: tuple[int, ...] = ()
+    source_stages: tuple[int, ...] = ()
     stage_steps: int = 1000
     advance_at: float = 0.97
     stop_at: float = 2.0
@@ -484,17 +490,48 @@ class TaskConfig(_Checked):
             raise ConfigError(f"task.stages must be segment counts >= 1, got {list(self.stages)}")
         if list(self.stages) != sorted(self.stages):
             raise ConfigError(f"task.stages must not decrease, got {list(self.stages)}")
+        if any(not isinstance(n, int) or n < 1 for n in self.source_stages):
+            raise ConfigError(
+                f"task.source_stages must be source lengths >= 1, got {list(self.source_stages)}"
+            )
+        if list(self.source_stages) != sorted(self.source_stages):
+            raise ConfigError(
+                f"task.source_stages must not decrease, got {list(self.source_stages)}"
+            )
+        if self.source_stages and self.name not in ("copy", "reverse"):
+            raise ConfigError(
+                f"task.source_stages applies to copy and reverse only, not {self.name!r}"
+            )
+        if self.stages and self.source_stages and len(self.stages) != len(self.source_stages):
+            raise ConfigError(
+                f"task.stages ({len(self.stages)} stages) and task.source_stages "
+                f"({len(self.source_stages)}) must have the same length"
+            )
+
+    @property
+    def num_stages(self) -> int:
+        return max(len(self.stages), len(self.source_stages), 1)
 
     @property
     def stage_segments(self) -> tuple[int, ...]:
-        return self.stages or (self.segments,)
+        return self.stages or (self.segments,) * self.num_stages
 
-    def task_params(self) -> dict[str, Any]:
-        """The parameters ``make_task`` takes for this task."""
+    @property
+    def stage_sources(self) -> tuple[int, ...]:
+        """Source length per stage (0: the task's default, half the sequence)."""
+        return self.source_stages or (self.source_len,) * self.num_stages
+
+    def task_params(self, *, source_len: int | None = None) -> dict[str, Any]:
+        """The parameters ``make_task`` takes for this task.
+
+        ``source_len``: a stage's source length; by default the last stage's, the length the
+        curriculum ends with and evaluation uses.
+        """
         if self.name in ("copy", "reverse"):
             params: dict[str, Any] = {"alphabet": self.alphabet, "filler_at": self.filler_at}
-            if self.source_len:
-                params["source_len"] = self.source_len
+            source_len = self.stage_sources[-1] if source_len is None else source_len
+            if source_len:
+                params["source_len"] = source_len
             return params
         if self.name == "associative":
             return {"pairs": self.pairs}

@@ -127,55 +127,66 @@ class TaskSource:
         self.stage_step = 0
         self.solved = False
         self.generator = torch.Generator().manual_seed(seed * 7919 + rank)
-        self._tasks: dict[int, Any] = {}
-        self.task(self.cfg.segments)  # a bad task config fails before training starts
+        self._tasks: dict[tuple[int, int], Any] = {}
+        # A bad task config (at any stage) fails before training starts.
+        for segments, source_len in zip(cfg.stage_segments, cfg.stage_sources, strict=True):
+            self.task(segments, source_len=source_len)
+        self.task(cfg.segments)
 
-    def task(self, segments: int) -> Any:
-        """The task with ``segments`` segments per sample (built once per length)."""
+    def task(self, segments: int, *, source_len: int | None = None) -> Any:
+        """The task with ``segments`` segments per sample (built once per shape)."""
         from memtx.data.tasks import make_task
 
-        if segments not in self._tasks:
+        source_len = self.cfg.stage_sources[-1] if source_len is None else source_len
+        key = (segments, source_len)
+        if key not in self._tasks:
             extra: dict[str, Any] = {"noise": self.noise} if self.cfg.name == "facts" else {}
-            self._tasks[segments] = make_task(
+            self._tasks[key] = make_task(
                 self.cfg.name,
                 segments=segments,
                 segment_len=self.segment_len,
                 seed=self.seed,
-                **self.cfg.task_params(),
+                **self.cfg.task_params(source_len=source_len),
                 **extra,
             )
-        return self._tasks[segments]
+        return self._tasks[key]
 
     @property
     def segments(self) -> int:
         return self.cfg.stage_segments[self.stage]
 
+    @property
+    def current_task(self) -> Any:
+        """The task of the current curriculum stage."""
+        return self.task(self.segments, source_len=self.cfg.stage_sources[self.stage])
+
     def next_batch(self) -> Batch:
-        sample = self.task(self.segments).sample(self.rows, generator=self.generator)
+        sample = self.current_task.sample(self.rows, generator=self.generator)
         count = int((sample.targets != -100).sum())
         return Batch(sample.inputs, sample.targets, True, count)
 
     def validate(self, model: SegmentModel, *, device: torch.device) -> dict[str, float]:
         metrics = evaluate_task(
             model,
-            self.task(self.segments),
+            self.current_task,
             samples=self.cfg.eval_samples,
             device=device,
             seed=self.seed + 1,
         )
-        return {**metrics, "segments": float(self.segments), "stage": float(self.stage)}
+        metrics = {**metrics, "segments": float(self.segments), "stage": float(self.stage)}
+        if self.cfg.source_stages:
+            metrics["source_len"] = float(self.cfg.stage_sources[self.stage])
+        return metrics
 
     def after_step(self) -> str | None:
         self.stage_step += 1
-        if self.stage_step >= self.cfg.stage_steps and self.stage + 1 < len(
-            self.cfg.stage_segments
-        ):
+        if self.stage_step >= self.cfg.stage_steps and self.stage + 1 < self.cfg.num_stages:
             return self._advance("stage_steps reached")
         return None
 
     def after_validation(self, metrics: dict[str, float]) -> str | None:
         accuracy = metrics.get("token_accuracy", 0.0)
-        last = self.stage + 1 == len(self.cfg.stage_segments)
+        last = self.stage + 1 == self.cfg.num_stages
         if last and accuracy >= self.cfg.stop_at:
             self.solved = True
             return f"solved at {self.segments} segments (token accuracy {accuracy:.3f})"
@@ -186,7 +197,10 @@ class TaskSource:
     def _advance(self, reason: str) -> str:
         self.stage += 1
         self.stage_step = 0
-        return f"curriculum stage {self.stage}: {self.segments} segments ({reason})"
+        where = f"{self.segments} segments"
+        if self.cfg.source_stages:
+            where += f", source {self.cfg.stage_sources[self.stage]}"
+        return f"curriculum stage {self.stage}: {where} ({reason})"
 
     @property
     def finished(self) -> bool:

@@ -15,6 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def _seed() -> None:
     torch.manual_seed(0)
 
+
 # Property tests draw the same examples on every run: CI stays reproducible, and a
 # failure found once is found again.
 from hypothesis import settings as _hypothesis_settings  # noqa: E402

@@ -69,6 +69,47 @@ def test_early_advance_and_stop_when_solved(tmp_path: Path) -> None:
     assert events[-1].startswith("solved at 3 segments")
 
 
+def test_source_length_curriculum_grows_the_source_at_fixed_segments(tmp_path: Path) -> None:
+    run = load_run_config(
+        None,
+        overrides=[
+            *TASK,
+            "task.stages=[]",
+            "task.source_stages=[2, 4, 6]",
+            "task.filler_at=start",
+            "train.steps=9",
+        ],
+    )
+    train(run, out_dir=tmp_path / "run", progress=False)
+    events = [m["event"] for m in _lines(tmp_path / "run") if "event" in m]
+    assert events[:2] == [
+        "curriculum stage 1: 3 segments, source 4 (stage_steps reached)",
+        "curriculum stage 2: 3 segments, source 6 (stage_steps reached)",
+    ]
+    valid = [m for m in _lines(tmp_path / "run") if m.get("split") == "valid"]
+    assert [(m["segments"], m["source_len"]) for m in valid] == [(3.0, 2.0), (3.0, 4.0), (3.0, 6.0)]
+
+
+def test_source_stages_shape_the_samples() -> None:
+    from memtx.sources import TaskSource
+
+    cfg = load_run_config(
+        None, overrides=[*TASK, "task.source_stages=[2, 5, 9]", "task.filler_at=start"]
+    ).task
+    assert cfg is not None
+    source = TaskSource(cfg, segment_len=8, rows=4, rank=0, seed=0)
+    for stage, source_len in enumerate((2, 5, 9)):
+        source.stage = stage
+        batch = source.next_batch()
+        text = bytes(batch.inputs[0].tolist())
+        assert len(text) == 8 * cfg.stage_segments[stage]
+        # [filler][source]["="][copy]: the scored copy has the stage's source length.
+        assert batch.count == 4 * source_len
+        assert text.index(b"=") == len(text) - source_len
+        assert text.rstrip(b"abcd").endswith(b"=")
+        assert set(text[: len(text) - 2 * source_len]) == {ord(".")}
+
+
 def test_task_run_resumes_exactly(tmp_path: Path) -> None:
     run = load_run_config(None, overrides=TASK)
     train(run, out_dir=tmp_path / "straight", progress=False)
@@ -92,16 +133,29 @@ def test_task_run_resumes_exactly(tmp_path: Path) -> None:
         ("task.stages=[2, 1]", "must not decrease"),
         ("task.name=sorting", "task.name must be"),
         ("task.segments=0", "task.segments must be >= 1"),
+        ("task.source_stages=[4, 2, 6]", "source_stages must not decrease"),
+        ("task.source_stages=[0, 2, 6]", "source lengths >= 1"),
+        ("task.source_stages=[2, 4]", "must have the same length"),
+        ("task.name=facts\ntask.source_stages=[2, 4, 6]", "copy and reverse only"),
     ],
 )
 def test_bad_task_configs(item: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_run_config(None, overrides=[*TASK, item])
+        load_run_config(None, overrides=[*TASK, *item.split("\n")])
 
 
-def test_task_that_does_not_fit_fails_before_writing(tmp_path: Path) -> None:
-    run = load_run_config(None, overrides=[*TASK, "task.name=associative", "task.pairs=40"])
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["task.name=associative", "task.pairs=40"], "pairs \\(40\\) must be <= keys"),
+        (["task.source_stages=[2, 4, 20]"], "too small for source_len 20"),
+    ],
+)
+def test_task_that_does_not_fit_fails_before_writing(
+    tmp_path: Path, items: list[str], message: str
+) -> None:
+    run = load_run_config(None, overrides=[*TASK, *items])
+    with pytest.raises(ConfigError, match=message):
         train(run, out_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
