@@ -82,7 +82,7 @@ def _sdpa_backward_flops(
     return 2 * sdpa_flop_count(query, key, value)  # dQ, dK, dV, dP: no recomputed scores
 
 
-def count_flops(step: Callable[[], None]) -> int:
+def count_flops(step: Callable[[], object]) -> int:
     """FLOPs of one call of ``step``, CPU SDPA included (torch's counter skips it)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
