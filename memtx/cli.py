@@ -337,8 +337,8 @@ def repro_rmt(
     out: Annotated[Path, typer.Option(help="Folder for rmt.md and rmt.json.")] = Path("benchmarks"),
     runs: Annotated[Path, typer.Option(help="Where the trained runs go.")] = Path("runs/repro-rmt"),
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    steps: Annotated[int, typer.Option(help="Most steps per model.")] = 6000,
-    stage_steps: Annotated[int, typer.Option(help="Most steps per curriculum stage.")] = 600,
+    steps: Annotated[int, typer.Option(help="Most steps per model.")] = 8000,
+    stage_steps: Annotated[int, typer.Option(help="Most steps per curriculum stage.")] = 2000,
     facts: Annotated[bool, typer.Option(help="Also the facts-in-noise length table.")] = True,
     tasks: Annotated[str, typer.Option(help="Comma-separated: copy, reverse.")] = "copy,reverse",
     variants: Annotated[
