@@ -410,6 +410,61 @@ def run_worker(*, row: str, sizes: PeerSizes, steps: int, warmup: int) -> dict[s
     }
 
 
+def profile_row(*, row: str, sizes: PeerSizes, out_dir: Path, warmup: int = 1) -> Path:
+    """One training step of ``row`` under ``torch.profiler``: where its time goes.
+
+    Writes ``profile-<row>.md``: the operators by self CPU time, and the step's time
+    split into matrix multiplies, attention and everything else.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    trainer = _trainer(row, sizes)
+    for _ in range(warmup):
+        trainer.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    groups = {"matmul (mm, addmm, bmm)": 0.0, "attention (SDPA fwd + bwd)": 0.0, "other": 0.0}
+    for e in events:
+        if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"):
+            groups["matmul (mm, addmm, bmm)"] += e.self_cpu_time_total
+        elif "scaled_dot_product" in e.key:
+            groups["attention (SDPA fwd + bwd)"] += e.self_cpu_time_total
+        else:
+            groups["other"] += e.self_cpu_time_total
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:20]
+    text = (
+        f"# Profile of one training step: `{row}`\n\n"
+        f"torch.profiler, CPU, {torch.get_num_threads()} threads, reference sizes "
+        f"(`{json.dumps(dataclasses.asdict(sizes))}`). Self CPU time {total / 1e6:.2f} s.\n\n"
+        + markdown_table(
+            ["group", "share of self CPU time"],
+            [[name, f"{value / total:.1%}"] for name, value in groups.items()],
+        )
+        + "\n"
+        + markdown_table(
+            ["operator", "calls", "self CPU ms", "share"],
+            [
+                [
+                    f"`{e.key}`",
+                    e.count,
+                    f"{e.self_cpu_time_total / 1e3:,.1f}",
+                    f"{e.self_cpu_time_total / total:.1%}",
+                ]
+                for e in top
+            ],
+        )
+        + f"\nReproduce: `python -m memtx.bench.peers --profile {row}`\n"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"profile-{row}.md"
+    path.write_text(text)
+    return path
+
+
 # --------------------------------------------------------------------------- table
 
 
@@ -655,6 +710,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="rows at a time (>1: a smoke test, timings not comparable)",
     )
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks"))
+    parser.add_argument(
+        "--profile",
+        choices=list(ROWS),
+        metavar="ROW",
+        help="profile one training step of ROW instead (writes profile-ROW.md)",
+    )
     args = parser.parse_args(argv)
     try:
         sizes = PeerSizes(**args.sizes)
@@ -665,6 +726,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.profile:
+        print(profile_row(row=args.profile, sizes=sizes, out_dir=args.out_dir, warmup=args.warmup))
+        return 0
     if args.worker:
         try:
             result = run_worker(row=args.row, sizes=sizes, steps=args.steps, warmup=args.warmup)

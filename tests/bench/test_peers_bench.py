@@ -107,3 +107,18 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--rows" in capsys.readouterr().out
+
+
+def test_profile_splits_a_step_into_matmul_attention_and_the_rest(tmp_path: Path) -> None:
+    path = peers.profile_row(row="memtx-rmt-full", sizes=TINY, out_dir=tmp_path, warmup=0)
+    text = path.read_text()
+    shares = {
+        line.split("|")[1].strip(): float(line.split("|")[2].strip().rstrip("%"))
+        for line in text.splitlines()
+        if line.startswith("| matmul")
+        or line.startswith("| attention")
+        or line.startswith("| other")
+    }
+    assert len(shares) == 3 and sum(shares.values()) == pytest.approx(100, abs=0.3)
+    assert shares["attention (SDPA fwd + bwd)"] > 0  # RMT runs on SDPA
+    assert "`aten::mm`" in text
