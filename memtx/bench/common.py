@@ -13,13 +13,52 @@ from typing import Any
 
 import torch
 
-__all__ = ["count_flops", "markdown_table", "max_rss_mb", "peak_memory_mb", "run_json_worker"]
+__all__ = [
+    "count_flops",
+    "markdown_table",
+    "max_rss_mb",
+    "peak_memory_mb",
+    "peak_rss_mb",
+    "reset_peak_rss",
+    "run_json_worker",
+]
 
 
 def max_rss_mb() -> float:
     """Peak resident set size of this process so far, in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs kB
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux: ``/proc/self/clear_refs``); False if unsupported.
+
+    Afterwards :func:`peak_rss_mb` reports the peak since this call, so a one-off peak
+    (e.g. loading a checkpoint with its optimizer state) does not hide a later one.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return _status_mb("VmHWM") is not None
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since the process started or since :func:`reset_peak_rss`, in MB."""
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else max_rss_mb()
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -1,0 +1,35 @@
+"""The benchmarks' shared measurements."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from memtx.bench.common import markdown_table
+
+
+def test_peak_rss_window_forgets_an_earlier_peak() -> None:
+    # In a fresh process: a 400 MB peak, a new window, then a 80 MB one.
+    code = """
+import numpy as np
+from memtx.bench.common import peak_rss_mb, reset_peak_rss
+a = np.ones(50_000_000); del a
+before = peak_rss_mb()
+if not reset_peak_rss():
+    print("unsupported"); raise SystemExit
+base = peak_rss_mb()
+b = np.ones(10_000_000); b += 1; del b
+print(before, base, peak_rss_mb())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    if out.stdout.strip() == "unsupported":
+        pytest.skip("no /proc/self/clear_refs here")
+    before, base, after = map(float, out.stdout.split())
+    assert before - base > 300  # the 400 MB peak is forgotten
+    assert 70 < after - base < 110  # the 80 MB one is seen
+
+
+def test_markdown_table() -> None:
+    assert markdown_table(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |\n"
