@@ -47,6 +47,7 @@ loads back exactly (:meth:`ReplayBuffer.state_dict`, :meth:`ReplayBuffer.save`).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -128,10 +129,24 @@ class ReplayConfig(_Checked):
 
 
 def replay_count(fresh: int, ratio: float) -> int:
-    """Replayed examples to add to ``fresh`` ones so that they make ``ratio`` of the batch."""
+    """Replayed examples to add to ``fresh`` ones: the most that make at most ``ratio`` of
+    the discriminator batch (32 fresh at 0.1: 3, a share of 0.086; rounding to 4 would be
+    0.111). The share is an upper bound so that its cost, the discriminator's extra
+    rows, stays within what the ratio promises.
+
+    Raises:
+        ConfigError: ``ratio`` outside [0, 1), or a positive ratio too small to replay even
+            one example per batch of ``fresh``.
+    """
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"replay.ratio must be in [0.0, 1.0), got {ratio}")
-    return round(fresh * ratio / (1.0 - ratio))
+    count = math.floor(fresh * ratio / (1.0 - ratio) + 1e-9)
+    if ratio > 0 and count == 0:
+        raise ConfigError(
+            f"replay.ratio {ratio} replays no example in a batch of {fresh} fresh ones: "
+            f"one replayed example needs a ratio of at least 1/{fresh + 1} = {1 / (fresh + 1):.3f}"
+        )
+    return count
 
 
 def rtd_example_stats(logits: Tensor, labels: Tensor, scored: Tensor) -> tuple[Tensor, Tensor]:

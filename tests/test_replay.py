@@ -183,6 +183,19 @@ def test_replay_count_keeps_the_ratio() -> None:
     assert replay_count(32, 0.0) == 0
     assert replay_count(32, 0.2) == 8  # 8 / 40 = 0.2 of the discriminator batch
     assert replay_count(36, 0.1) == 4
+    assert replay_count(32, 0.1) == 3  # 3 / 35 <= 0.1; 4 / 36 would be more
+    for fresh in range(1, 70):
+        for ratio in (0.05, 0.1, 0.2, 0.25, 0.5):
+            if fresh * ratio / (1 - ratio) < 1:
+                continue
+            count = replay_count(fresh, ratio)
+            assert count / (fresh + count) <= ratio + 1e-12
+            assert (count + 1) / (fresh + count + 1) > ratio  # the most that fit
+
+
+def test_a_ratio_too_small_to_replay_anything_is_refused() -> None:
+    with pytest.raises(ConfigError, match="at least 1/33"):
+        replay_count(32, 0.02)
 
 
 @pytest.mark.parametrize(
