@@ -197,16 +197,21 @@ def task_row(
 def facts_run_config(
     *, train_segments: int, steps: int, device: str, overrides: Sequence[str] = ()
 ) -> RunConfig:
-    """RMT on facts-in-noise: 2 facts, 3-digit keys, segments of 64, 16 memory tokens,
-    a curriculum 2, 3, ... ``train_segments`` segments (one segment cannot hold both
-    facts and the question), advancing at 0.9 answer token accuracy."""
-    stages = list(range(min(2, train_segments), train_segments + 1))
+    """RMT on facts-in-noise: one fact at a random place (the RMT 1M paper's "detect and
+    memorize"), a 3-digit key, segments of 64, 16 memory tokens, a curriculum 1, 2, ...
+    ``train_segments`` segments, advancing at 0.9 answer token accuracy.
+
+    (Two facts, where the question picks one, stayed near chance, 0.18 token accuracy,
+    after 1,500 steps from 2 segments on this CPU budget: one segment of 64 cannot hold
+    both facts and the question, so there is no in-segment stage to learn retrieval in.)
+    """
+    stages = list(range(1, train_segments + 1))
     settings = [
         "task.name=facts",
         f"task.segments={train_segments}",
         f"task.stages={stages}",
         "task.stage_steps=1500",
-        "task.num_facts=2",
+        "task.num_facts=1",
         "task.value_len=3",
         "task.advance_at=0.9",
         "task.stop_at=0.98",
@@ -323,10 +328,10 @@ def _markdown(
     if facts_rows:
         text += (
             "\n## Facts in noise: trained on at most 8 segments of 64, evaluated longer\n\n"
-            "RMT (16 memory tokens, segments of 64 bytes of real text) with two facts "
-            "`The key of NAME is 123.` hidden at random places and the question "
+            "RMT (16 memory tokens, segments of 64 bytes of real text) with one fact "
+            "`The key of NAME is 123.` hidden at a random place and the question "
             "`What is the key of NAME?` at the end; only the 3 answer digits are scored. "
-            "Curriculum 2, 3, ..., 8 segments (advance at 0.9).\n\n"
+            "Curriculum 1, 2, ..., 8 segments (advance at 0.9). Chance: 0.1 per digit.\n\n"
             + markdown_table(
                 ["segments", "tokens", "answer token accuracy", "exact match", "samples"],
                 [
