@@ -6,6 +6,7 @@ import importlib.util
 from typing import Any
 
 import pytest
+import torch
 
 import memtx
 
@@ -30,4 +31,17 @@ def small_model(key: str, **overrides: Any) -> memtx.SegmentLM:
     name, fields = SMALL[key]
     if fields.get("backbone") == "hf" and not HAS_TRANSFORMERS:
         pytest.skip("transformers is not installed (pip install memtx[hf])")
-    return memtx.build(name, **{**fields, **overrides})
+    return unzeroed(memtx.build(name, **{**fields, **overrides}))
+
+
+def unzeroed(model: memtx.SegmentLM) -> memtx.SegmentLM:
+    """``model`` with its zero-initialised matrices made random, as training would make them.
+
+    Memformer's decoder starts with its cross-attention output at zero (it ignores H at
+    init); equivalence tests must see every path carry signal and gradient.
+    """
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2 and not param.any():
+                param.normal_(std=0.02)
+    return model
