@@ -178,12 +178,12 @@ class Memformer(SegmentLM):
         self.init_weights()
         nn.init.normal_(self.null_context, std=0.02)
         for block in self.decoder:
+            assert isinstance(block, Block) and block.cross_attn is not None
             # The decoder starts as a plain causal transformer and learns to read H: at
             # init H carries nothing yet, and a random projection of it is noise in the
             # residual stream. Measured on shakespeare (width 128, 400 steps): training
             # loss at step 100/200 2.238/2.157 with this vs 2.373/2.252 without (the
             # no-memory transformer: 2.240/2.132).
-            assert block.cross_attn is not None
             nn.init.zeros_(block.cross_attn.out_proj.weight)
         with torch.no_grad():
             if self.slot_bias is not None:
