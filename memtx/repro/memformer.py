@@ -45,7 +45,7 @@ from memtx.bench.common import (
     run_json_worker,
 )
 
-__all__ = ["CACHES", "repro_memformer"]
+__all__ = ["CACHES", "repro_memformer", "write_report"]
 
 CACHES = (64, 128, 256, 512, 1024, 2048)
 
@@ -172,7 +172,12 @@ def repro_memformer(
         "infer_rows": infer_rows,
     }
     (out_dir / "memformer.json").write_text(json.dumps(results, indent=1) + "\n")
-    _write_plot(out_dir / "memformer.png", rows)
+    return write_report(out_dir, results)
+
+
+def write_report(out_dir: Path, results: dict[str, Any]) -> Path:
+    """``memformer.md`` and ``memformer.png`` from the results (as in ``memformer.json``)."""
+    _write_plot(out_dir / "memformer.png", results["rows"])
     path = out_dir / "memformer.md"
     path.write_text(_markdown(results))
     return path
@@ -295,6 +300,29 @@ def _markdown(results: dict[str, Any]) -> str:
             f"{memformer['infer_tokens_per_s'] / best['infer_tokens_per_s']:.2f}x as fast "
             f"and {best['flops_per_token'] / memformer['flops_per_token']:.2f}x fewer FLOPs "
             "per token. The paper: comparable quality at 8.1x less memory, 3.2x faster.\n"
+        )
+    if memformer and xl:
+        text += "\nMemformer against each Transformer-XL (ratios > 1 favour Memformer):\n\n"
+        text += markdown_table(
+            [
+                "Transformer-XL cache",
+                "bpc difference",
+                "state smaller",
+                "peak memory smaller",
+                "inference speed",
+                "FLOPs/token fewer",
+            ],
+            [
+                [
+                    r["model"].rsplit("_", 1)[1],
+                    f"{memformer['valid_bpc'] / r['valid_bpc'] - 1:+.1%}",
+                    f"{r['state_mb_per_stream'] / memformer['state_mb_per_stream']:.1f}x",
+                    _ratio(r["peak_over_model_mb"], memformer["peak_over_model_mb"]),
+                    f"{memformer['infer_tokens_per_s'] / r['infer_tokens_per_s']:.2f}x",
+                    f"{r['flops_per_token'] / memformer['flops_per_token']:.2f}x",
+                ]
+                for r in xl
+            ],
         )
     text += "\nPlot: `memformer.png` (bpc against carried state). Reproduce: "
     text += "`memtx repro memformer` (add `--device cuda` on a GPU).\n"
