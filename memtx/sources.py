@@ -7,8 +7,9 @@ when the memory must start fresh, validates a model, and (for tasks) runs the cu
   memory continues across consecutive rollouts (Transformer-XL's layout).
 - :class:`TaskSource`: each step samples fresh task sequences; every sample starts with a
   fresh memory and the rollout covers all its segments. A curriculum moves through
-  ``task.stages`` (segments per sample), a stage ending when the held-out answer accuracy
-  reaches ``task.advance_at`` or after ``task.stage_steps`` steps.
+  ``task.stages`` (segments per sample) and/or ``task.source_stages`` (copy/reverse source
+  length), a stage ending when the held-out answer accuracy reaches ``task.advance_at`` or
+  after ``task.stage_steps`` steps.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class TextSource:
 
 
 class TaskSource:
-    """Fresh samples of a synthetic task each step, with a curriculum over segments."""
+    """Fresh samples of a synthetic task each step, with a curriculum over segments and/or
+    source lengths."""
 
     def __init__(
         self,
