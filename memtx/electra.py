@@ -19,7 +19,8 @@ Choices where the papers leave room:
 - Generator: a narrower bidirectional encoder; the shared embedding (width ``d_model``)
   is projected to ``generator_d_model`` and back, then scored against the tied embedding
   (ELECTRA's setup for a smaller generator). It scores only the masked positions.
-- Discriminator backbone (``backbone``): ``"encoder"``, our pre-LN bidirectional
+- Discriminator backbone (``backbone``): ``"encoder"``, a LayerNorm over the embedded
+  tokens (as in BERT and ELECTRA) and our pre-LN bidirectional
   :class:`~memtx.modules.Block` stack with rotary positions, over the whole example; or
   ``"memformer"``, Memformer's memory encoder walking the example ``segment_len`` tokens
   at a time: each segment is encoded reading the slots, then written into them
@@ -387,6 +388,12 @@ class Discriminator(nn.Module):
         self.memformer: Memformer | None = None
         if config.backbone == "encoder":
             self.embed = nn.Embedding(config.embedding_rows, d)
+            # BERT/ELECTRA normalize the embedded tokens. Without it the token identity
+            # (embedding norm ~0.5) drowns in the blocks' outputs (norm ~20 after RTD
+            # pre-training), pooled features of different passages end up alike (cosine
+            # 0.98), and fine-tuning from the pre-trained weights lost 22 points of play
+            # accuracy to fine-tuning from random init (BPE, 1,000 steps; see tmr.md).
+            self.embed_norm = nn.LayerNorm(d)
             self.encoder = BidirectionalEncoder(
                 d, config.n_layers, config.n_heads, ffn, dropout=config.dropout
             )
@@ -423,7 +430,7 @@ class Discriminator(nn.Module):
     def hidden(self, ids: Tensor, *, key_mask: Tensor | None = None) -> Tensor:
         """ids [B, L] (key_mask [B, L], True = real token) -> hidden states [B, L, d]."""
         if self.memformer is None:
-            return self.encoder(self.embed(ids), key_mask=key_mask)
+            return self.encoder(self.embed_norm(self.embed(ids)), key_mask=key_mask)
         return self._memformer_hidden(ids, key_mask)
 
     def _memformer_hidden(self, ids: Tensor, key_mask: Tensor | None) -> Tensor:

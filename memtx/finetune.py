@@ -481,7 +481,7 @@ def evaluate_downstream(
     Args:
         run_dir: a folder written by :func:`memtx.electra.pretrain`; None fine-tunes a
             randomly initialised discriminator of ``electra_config`` (the no-pre-training
-            floor), byte tokens.
+            floor), byte tokens unless ``tasks`` come already tokenized.
         seed: seed of the fine-tuning (and of the random init when ``run_dir`` is None).
         config: the tasks and fine-tuning settings (default: the run's ``[finetune]``).
         electra_config: with ``run_dir`` None, the :class:`~memtx.electra.ElectraConfig`.
@@ -505,6 +505,12 @@ def evaluate_downstream(
     if config.max_len > electra.seq_len:
         raise ConfigError(
             f"finetune.max_len ({config.max_len}) must be <= electra.seq_len ({electra.seq_len})"
+        )
+    if run_dir is None and electra.vocab_size != 256 and set(config.tasks) - set(tasks or {}):
+        # The floor has no tokenizer of its own: byte ids would not match its vocabulary.
+        raise ConfigError(
+            f"a randomly initialised discriminator with vocab_size {electra.vocab_size} "
+            "needs its tasks built with the matching tokenizer (pass tasks=)"
         )
     encode = _encoder_for(Path(run_dir) if run_dir is not None else None)
     results = {}

@@ -115,6 +115,17 @@ def test_generator_and_discriminator_share_the_embedding() -> None:
     assert embedding.shape[0] == 256 + 2  # + pad and mask
 
 
+def test_embedded_tokens_are_normalized_before_the_encoder() -> None:
+    # The embedding's scale cannot drown the token identity: hidden states ignore it.
+    model = ElectraModel(SMALL).eval()
+    ids = torch.randint(0, 256, (2, 16))
+    before = model.discriminator.hidden(ids)
+    with torch.no_grad():
+        model.discriminator.token_embedding.weight.mul_(37.0)
+    # Up to the LayerNorm epsilon (1e-5 against a variance of ~4e-4 at init).
+    torch.testing.assert_close(model.discriminator.hidden(ids), before, rtol=1e-3, atol=2e-3)
+
+
 def test_memformer_backbone_walks_segments_and_learns_its_memory() -> None:
     config = ElectraConfig(
         seq_len=32,

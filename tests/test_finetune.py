@@ -245,3 +245,11 @@ def test_unknown_play_is_named() -> None:
     config = FinetuneConfig(play_names=("hamlet_gut", "hamlet_2_gut"))
     with pytest.raises(ConfigError, match="'hamlet_2_gut' is not a document"):
         build_task("play", config, encode=list)
+
+
+def test_a_bpe_floor_without_its_tasks_is_refused() -> None:
+    # Byte ids would silently index a 4,096-token vocabulary: refuse instead.
+    with pytest.raises(ConfigError, match="vocab_size 4096 needs its tasks built"):
+        evaluate_downstream(
+            None, seed=0, config=FinetuneConfig(), electra_config=ElectraConfig(vocab_size=4096)
+        )

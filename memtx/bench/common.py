@@ -20,6 +20,7 @@ __all__ = [
     "peak_memory_mb",
     "peak_rss_mb",
     "reset_peak_rss",
+    "report_worker",
     "run_json_worker",
 ]
 
@@ -98,6 +99,21 @@ def run_json_worker(
         errors = done.stderr.strip().splitlines()
         reason = errors[-1] if errors else f"exit code {done.returncode}"
     return {"status": f"failed ({reason})"}
+
+
+def report_worker(measure: Callable[[], dict[str, Any]]) -> int:
+    """The worker side of :func:`run_json_worker`: print ``measure()`` as one JSON line.
+
+    A failure prints ``{"status": "failed (Type: message)"}`` instead, so the table that
+    launched the worker shows a failed row rather than crashing. Returns the exit code.
+    """
+    try:
+        result = measure()
+    except Exception as exc:  # reported as a failed row, not a crash of the table
+        print(json.dumps({"status": f"failed ({type(exc).__name__}: {exc})"}))
+        return 1
+    print(json.dumps(result))
+    return 0
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

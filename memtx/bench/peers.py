@@ -33,7 +33,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from memtx.bench.common import count_flops, markdown_table, max_rss_mb, run_json_worker
+from memtx.bench.common import (
+    count_flops,
+    markdown_table,
+    max_rss_mb,
+    report_worker,
+    run_json_worker,
+)
 from memtx.bench.throughput import COMMON, REFERENCE
 
 __all__ = [
@@ -730,13 +736,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(profile_row(row=args.profile, sizes=sizes, out_dir=args.out_dir, warmup=args.warmup))
         return 0
     if args.worker:
-        try:
-            result = run_worker(row=args.row, sizes=sizes, steps=args.steps, warmup=args.warmup)
-        except Exception as exc:  # reported as a failed row, not a crash of the table
-            print(json.dumps({"status": f"failed ({type(exc).__name__}: {exc})"}))
-            return 1
-        print(json.dumps(result))
-        return 0
+        return report_worker(
+            lambda: run_worker(row=args.row, sizes=sizes, steps=args.steps, warmup=args.warmup)
+        )
     run_peers_benchmark(
         out_dir=args.out_dir,
         steps=args.steps,

@@ -22,7 +22,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from memtx.bench.common import markdown_table, max_rss_mb, peak_memory_mb, run_json_worker
+from memtx.bench.common import (
+    markdown_table,
+    max_rss_mb,
+    peak_memory_mb,
+    report_worker,
+    run_json_worker,
+)
 
 __all__ = ["MODELS", "run_scaling_benchmark"]
 
@@ -200,21 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     if args.worker:
-        try:
-            print(
-                json.dumps(
-                    run_worker(
-                        model=args.model,
-                        length=args.length,
-                        mem_len=args.mem_len,
-                        device=args.device,
-                    )
-                )
+        return report_worker(
+            lambda: run_worker(
+                model=args.model, length=args.length, mem_len=args.mem_len, device=args.device
             )
-        except Exception as exc:  # reported as a failed point, not a crash of the table
-            print(json.dumps({"status": f"failed ({type(exc).__name__}: {exc})"}))
-            return 1
-        return 0
+        )
     run_scaling_benchmark(
         out_dir=args.out_dir,
         models=args.models,

@@ -41,6 +41,7 @@ from memtx.bench.common import (
     max_rss_mb,
     peak_memory_mb,
     peak_rss_mb,
+    report_worker,
     reset_peak_rss,
     run_json_worker,
 )
@@ -392,15 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if not args.worker:
         parser.error("run `memtx repro memformer`; this entry point is its worker")
-    try:
-        result = measure_inference(
+    return report_worker(
+        lambda: measure_inference(
             run_dir=args.run, tokens_file=args.tokens_file, rows=args.rows, device=args.device
         )
-    except Exception as exc:  # reported as a failed row, not a crash of the table
-        print(json.dumps({"status": f"failed ({type(exc).__name__}: {exc})"}))
-        return 1
-    print(json.dumps(result))
-    return 0
+    )
 
 
 if __name__ == "__main__":

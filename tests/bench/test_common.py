@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
-from memtx.bench.common import markdown_table
+from memtx.bench.common import markdown_table, report_worker, run_json_worker
 
 
 def test_peak_rss_window_forgets_an_earlier_peak() -> None:
@@ -33,3 +34,24 @@ print(before, base, peak_rss_mb())
 
 def test_markdown_table() -> None:
     assert markdown_table(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |\n"
+
+
+def test_a_worker_reports_its_result_or_its_failure(capsys) -> None:
+    assert report_worker(lambda: {"tokens_per_s": 12.5}) == 0
+    assert json.loads(capsys.readouterr().out) == {"tokens_per_s": 12.5}
+
+    def broken() -> dict:
+        raise ValueError("segment_len must be >= 1")
+
+    assert report_worker(broken) == 1
+    assert json.loads(capsys.readouterr().out) == {
+        "status": "failed (ValueError: segment_len must be >= 1)"
+    }
+
+
+def test_a_failing_worker_process_becomes_a_failed_row() -> None:
+    # A real worker entry point in a fresh process, asked for a model that does not exist.
+    args = ["--model=no-such-model", "--length=64"]
+    result = run_json_worker("memtx.bench.scaling", args, timeout_s=120, threads=1)
+    assert result["status"].startswith("failed (")
+    assert "no-such-model" in result["status"]
