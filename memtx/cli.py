@@ -443,7 +443,7 @@ def bench_peers(
 @repro_app.command("tmr")
 def repro_tmr(
     out: Annotated[Path, typer.Option(help="Folder for tmr.md and tmr.png.")] = Path("benchmarks"),
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2,3,4",
     config: Annotated[Path, typer.Option(help="ELECTRA preset.")] = Path(
         "configs/electra-tmr.toml"
     ),
@@ -453,7 +453,7 @@ def repro_tmr(
         Optional[int], typer.Option(help="torch threads (1 is fastest on 2 busy cores).")
     ] = 1,
 ) -> None:
-    """ELECTRA with and without replay at equal generated examples, 3 seeds, then fine-tuning."""
+    """ELECTRA with and without replay at equal generated examples, 5 seeds, then fine-tuning."""
 
     def go() -> None:
         from memtx.finetune import repro_tmr as run_repro

@@ -540,7 +540,7 @@ def _fmt(values: Sequence[float], *, scale: float = 100.0, digits: int = 1) -> s
 def repro_tmr(
     *,
     out_dir: Path,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
     config_path: Path = Path("configs/electra-tmr.toml"),
     overrides: Sequence[str] = (),
     work_dir: Path = Path("runs/tmr"),
