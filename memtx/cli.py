@@ -344,6 +344,13 @@ def repro_rmt(
     variants: Annotated[
         str, typer.Option(help="Comma-separated: rmt, rmt_start_only, transformer_xl, transformer.")
     ] = "rmt,rmt_start_only,transformer_xl,transformer",
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--set",
+            help="Override for every run: section.key=value, e.g. task.last_stage_lr=2e-4.",
+        ),
+    ] = None,
 ) -> None:
     """RMT vs its start-only ablation vs Transformer-XL vs no memory on copy and reverse."""
 
@@ -369,6 +376,7 @@ def repro_rmt(
             facts=facts,
             tasks=names,
             variants=chosen,
+            overrides=set_ or (),
             echo=typer.echo,
         )
         typer.echo(f"wrote {path}")

@@ -448,6 +448,9 @@ class TaskConfig(_Checked):
         advance_at: answer token accuracy (on ``eval_samples`` held-out samples, checked
             every ``train.eval_every`` steps) that ends a stage early.
         stop_at: the same accuracy at the last stage ends training (> 1: never).
+        last_stage_lr: from the start of the last stage on, the learning rate is at most
+            this (0: the schedule's throughout). A long curriculum tends to end on a
+            plateau at its stages' rate; the RMT copy run needed one such drop.
         eval_samples: held-out samples for the accuracy checks.
         alphabet: copy/reverse symbols.
         source_len: copy/reverse source length (0: half the sequence).
@@ -466,6 +469,7 @@ class TaskConfig(_Checked):
     stage_steps: int = 1000
     advance_at: float = 0.97
     stop_at: float = 2.0
+    last_stage_lr: float = 0.0
     eval_samples: int = 256
     alphabet: int = 8
     source_len: int = 0
@@ -486,6 +490,7 @@ class TaskConfig(_Checked):
         ):
             self._at_least(name, 1)
         self._at_least("source_len", 0)
+        self._at_least("last_stage_lr", 0.0)
         if any(not isinstance(n, int) or n < 1 for n in self.stages):
             raise ConfigError(f"task.stages must be segment counts >= 1, got {list(self.stages)}")
         if list(self.stages) != sorted(self.stages):

@@ -89,6 +89,10 @@ class TextSource:
         )
         return {"loss": result.loss, "bpc": result.bpc, "ppl": result.ppl}
 
+    def learning_rate(self, scheduled: float) -> float:
+        """The rate for this step: the schedule's."""
+        return scheduled
+
     def after_step(self) -> str | None:
         return None
 
@@ -179,6 +183,13 @@ class TaskSource:
         if self.cfg.source_stages:
             metrics["source_len"] = float(self.cfg.stage_sources[self.stage])
         return metrics
+
+    def learning_rate(self, scheduled: float) -> float:
+        """The schedule's rate, capped at ``task.last_stage_lr`` in the last stage."""
+        cap = self.cfg.last_stage_lr
+        if cap and self.stage + 1 == self.cfg.num_stages:
+            return min(scheduled, cap)
+        return scheduled
 
     def after_step(self) -> str | None:
         self.stage_step += 1

@@ -464,8 +464,9 @@ def train(
             if batch.reset:
                 memory = model.init_memory(rows, device=device)
             inputs, targets = (_to_device(t, device) for t in (batch.inputs, batch.targets))
+            lr = source.learning_rate(lr_at(step, cfg))
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             with autocast:
                 result = rollout(
@@ -510,7 +511,7 @@ def train(
                         "split": "train",
                         "loss": loss,
                         "bpc": loss / math.log(2),
-                        "lr": lr_at(step, cfg),
+                        "lr": lr,
                         "grad_norm": float(norm),
                         "tokens_per_s": rate,
                     }

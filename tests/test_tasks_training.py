@@ -69,6 +69,25 @@ def test_early_advance_and_stop_when_solved(tmp_path: Path) -> None:
     assert events[-1].startswith("solved at 3 segments")
 
 
+def test_last_stage_lr_caps_the_rate_from_the_last_stage_on(tmp_path: Path) -> None:
+    # Stages of 4 steps: steps 1-8 follow the schedule (3e-3), steps 9-12 are capped.
+    run = load_run_config(
+        None, overrides=[*TASK, "task.last_stage_lr=5e-4", "train.min_lr_ratio=1.0"]
+    )
+    train(run, out_dir=tmp_path / "run", progress=False)
+    rates = {m["step"]: m["lr"] for m in _lines(tmp_path / "run") if m.get("split") == "train"}
+    assert [rates[s] for s in range(3, 9)] == pytest.approx([3e-3] * 6)
+    assert [rates[s] for s in range(9, 13)] == pytest.approx([5e-4] * 4)
+    # Resumed in the last stage, the cap still holds.
+    run = load_run_config(
+        None,
+        overrides=[*TASK, "task.last_stage_lr=5e-4", "train.min_lr_ratio=1.0", "train.steps=14"],
+    )
+    train(run, out_dir=tmp_path / "run", resume=True, progress=False)
+    rates = {m["step"]: m["lr"] for m in _lines(tmp_path / "run") if m.get("split") == "train"}
+    assert rates[14] == pytest.approx(5e-4)
+
+
 def test_source_length_curriculum_grows_the_source_at_fixed_segments(tmp_path: Path) -> None:
     run = load_run_config(
         None,
@@ -137,6 +156,7 @@ def test_task_run_resumes_exactly(tmp_path: Path) -> None:
         ("task.source_stages=[0, 2, 6]", "source lengths >= 1"),
         ("task.source_stages=[2, 4]", "must have the same length"),
         ("task.name=facts\ntask.source_stages=[2, 4, 6]", "copy and reverse only"),
+        ("task.last_stage_lr=-1e-4", "task.last_stage_lr must be >= 0"),
     ],
 )
 def test_bad_task_configs(item: str, message: str) -> None:

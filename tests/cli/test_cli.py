@@ -151,3 +151,13 @@ def test_bench_peak_reports_a_rate() -> None:
     assert "GFLOP/s" in result.stdout
     result = runner.invoke(app, ["bench", "peak", "--dtype", "fp8"])
     assert result.exit_code == 2 and "--dtype" in result.stderr
+
+
+def test_repro_rmt_passes_its_overrides_on(tmp_path: Path) -> None:
+    # A bad --set value is named before anything trains.
+    args = ["repro", "rmt", "--set", "task.last_stage_lr=-1", "--no-facts", "--tasks", "copy"]
+    where = ["--runs", str(tmp_path / "r"), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, [*args, "--variants", "rmt", *where])
+    assert result.exit_code == 2
+    assert "task.last_stage_lr must be >= 0" in result.output
+    assert not (tmp_path / "r").exists()
