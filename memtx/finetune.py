@@ -64,6 +64,7 @@ __all__ = [
     "Speech",
     "TaskResult",
     "build_task",
+    "build_tasks",
     "evaluate_downstream",
     "finetune_task",
     "parse_speeches",
@@ -460,6 +461,15 @@ def finetune_task(
     )
 
 
+def build_tasks(config: FinetuneConfig, *, tokenizer: Any) -> dict[str, ClassificationTask]:
+    """Every configured task, tokenized with ``tokenizer`` (the pre-training runs' own)."""
+
+    def encode(data: bytes) -> list[int]:
+        return [int(i) for i in tokenizer.encode(data)]
+
+    return {name: build_task(name, config, encode=encode) for name in config.tasks}
+
+
 def _encoder_for(run_dir: Path | None) -> Callable[[bytes], list[int]]:
     from memtx.data import ByteTokenizer, load_tokenizer
 
@@ -584,12 +594,12 @@ def repro_tmr(
     from memtx.config import RunConfig
 
     data = prepare_data(RunConfig(data=base.data))
-    encode = _encoder_for(None) if base.data.tokenizer == "byte" else None
+    # Every run saves this same tokenizer, so the tasks are tokenized once for all of them.
+    tasks = build_tasks(dataclasses.replace(base.finetune, tasks=TASKS), tokenizer=data.tokenizer)
     work_dir = _free_dir(Path(work_dir))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
-    tasks: dict[str, ClassificationTask] | None = None
     began = time.perf_counter()
     for position, seed in enumerate(seeds):
         order = (False, True) if position % 2 == 0 else (True, False)
@@ -602,9 +612,6 @@ def repro_tmr(
             )
             run_dir = work_dir / f"{condition}-seed{seed}"
             result = pretrain(run, out_dir=run_dir, progress=progress, data=data)
-            if tasks is None:
-                enc = encode or _encoder_for(run_dir)
-                tasks = {name: build_task(name, base.finetune, encode=enc) for name in TASKS}
             downstream = evaluate_downstream(run_dir, seed=seed, tasks=tasks, device=device)
             runs.append(
                 {
@@ -659,7 +666,7 @@ def repro_tmr(
                 "test": len(task.test),
                 "majority_test": task.majority_accuracy("test"),
             }
-            for name, task in (tasks or {}).items()
+            for name, task in tasks.items()
         },
     }
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Pre-trains the preset with each buffer setting (and without replay) for each tuning seed,
 fine-tunes every discriminator on the play and speaker tasks, and prints the mean valid
 accuracy of each setting. Test accuracy is never read. The tuning seeds differ from the
-seeds of ``memtx repro tmr`` (0, 1, 2).
+seeds of ``memtx repro tmr`` (0-4).
 
     python scripts/tmr_sweep.py --seeds 100 101 --out runs/tmr-sweep
 
@@ -22,7 +22,7 @@ import torch
 
 from memtx.config import RunConfig
 from memtx.electra import load_electra_run, pretrain
-from memtx.finetune import TASKS, _encoder_for, build_task, evaluate_downstream
+from memtx.finetune import build_tasks, evaluate_downstream
 from memtx.train import prepare_data
 
 GRID = {
@@ -45,6 +45,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = load_electra_run(args.config)
     data = prepare_data(RunConfig(data=base.data))
+    tasks = build_tasks(base.finetune, tokenizer=data.tokenizer)  # every run saves this one
     results = {}
     for name in args.settings:
         for seed in args.seeds:
@@ -53,8 +54,6 @@ def main() -> None:
             run_dir = args.out / f"{name}-seed{seed}"
             if not (run_dir / "result.json").exists():
                 pretrain(run, out_dir=run_dir, data=data)
-            encode = _encoder_for(run_dir)
-            tasks = {task: build_task(task, run.finetune, encode=encode) for task in TASKS}
             scores = evaluate_downstream(run_dir, seed=seed, tasks=tasks)
             valid = {task: result.valid_accuracy for task, result in scores.items()}
             results[f"{name}-seed{seed}"] = valid
