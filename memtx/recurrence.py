@@ -49,10 +49,9 @@ __all__ = [
     "NonFiniteMemoryError",
     "RolloutResult",
     "check_strategy",
-    "iter_segments",
     "rollout",
-    "scan",
     "split_segments",
+    "stream",
 ]
 
 
@@ -282,39 +281,36 @@ def _requires_grad_if_float(tensor: Tensor) -> Tensor:
     return leaf
 
 
-def iter_segments(
-    model: SegmentModel, inputs: Tensor, memory: Memory, *, segment_len: int | None = None
-) -> Iterator[tuple[int, StepOutput]]:
-    """Yield ``(start, StepOutput)`` for each segment of ``inputs`` [B, N], carrying memory.
-
-    Runs in the caller's grad mode; with ``torch.no_grad()`` it streams inputs of any
-    length in memory that does not grow with N.
-    """
-    _check_pair(inputs, None)
-    segment_len = segment_len or model.config.segment_len
-    start = 0
-    for x in split_segments(inputs, segment_len):
-        out = model.step(x, memory)
-        memory = out.memory
-        yield start, out
-        start += x.shape[1]
-
-
-@torch.no_grad()
-def scan(
+def stream(
     model: SegmentModel,
-    inputs: Tensor,
-    targets: Tensor,
+    tokens: Tensor,
     memory: Memory,
     *,
-    loss_fn: LossFn,
     segment_len: int | None = None,
-) -> tuple[Tensor, Memory]:
-    """No-grad streaming pass: (sum of per-segment losses, final memory)."""
-    _check_pair(inputs, targets)
+) -> Iterator[tuple[int, StepOutput]]:
+    """THE no-grad segment walk: yield ``(start, StepOutput)`` per segment of ``tokens`` [B, N].
+
+    The memory is carried from segment to segment (each output holds the memory after
+    its segment, so the last one's ``.memory`` is the memory after ``tokens``). Runs under
+    ``torch.no_grad()``, so inputs of any length stream in memory that does not grow
+    with N: evaluation, inspection, task scoring, generation's prompt reading, the repro
+    commands and the benchmarks all walk segments through this one function.
+
+    Args:
+        model: any segment model (its train/eval mode is the caller's choice).
+        tokens: [B, N] token ids, N >= 1 (need not be a multiple of ``segment_len``).
+        memory: the memory before ``tokens``.
+        segment_len: tokens per step (default: the model's ``segment_len``).
+
+    Raises:
+        DataError: ``tokens`` is not a non-empty [batch, length] tensor.
+    """
+    _check_pair(tokens, None)
     segment_len = segment_len or model.config.segment_len
-    total = inputs.new_zeros((), dtype=torch.float32)
-    for start, out in iter_segments(model, inputs, memory, segment_len=segment_len):
-        total += loss_fn(out.logits, targets[:, start : start + out.logits.shape[1]]).float()
+    start = 0
+    for piece in split_segments(tokens, segment_len):
+        with torch.no_grad():
+            out = model.step(piece, memory)
         memory = out.memory
-    return total, memory
+        yield start, out
+        start += piece.shape[1]

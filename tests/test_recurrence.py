@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from memtx.errors import ConfigError, DataError
-from memtx.recurrence import rollout, scan, split_segments
+from memtx.recurrence import rollout, split_segments, stream
 from tests.models.small import small_model
 
 
@@ -38,10 +38,16 @@ def test_full_equals_one_autograd_pass_over_concatenated_segments() -> None:
         torch.testing.assert_close(driver[name], param.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_scan_equals_rollout_without_backward() -> None:
+def test_stream_equals_rollout_without_backward() -> None:
     model = small_model("transformer_xl").eval()
     x = torch.randint(0, 32, (2, 30))
-    loss_a, _ = scan(model, x[:, :-1], x[:, 1:], model.init_memory(2), loss_fn=lm_loss)
+    inputs, targets = x[:, :-1], x[:, 1:]
+    walked = list(stream(model, inputs, model.init_memory(2)))
+    assert [start for start, _ in walked] == [0, 8, 16, 24]
+    assert not any(out.logits.requires_grad for _, out in walked)
+    loss_a = sum(
+        lm_loss(out.logits, targets[:, start : start + out.logits.shape[1]]) for start, out in walked
+    )
     loss_b = rollout(
         model, x[:, :-1], x[:, 1:], model.init_memory(2), loss_fn=lm_loss, backward=False
     ).loss
