@@ -21,6 +21,7 @@ import tomllib
 from memtx.errors import ConfigError
 
 __all__ = [
+    "Checked",
     "ModelConfig",
     "TransformerConfig",
     "TransformerXLConfig",
@@ -31,6 +32,7 @@ __all__ = [
     "TaskConfig",
     "RunConfig",
     "MODEL_CONFIGS",
+    "construct",
     "model_config",
     "load_run_config",
     "parse_overrides",
@@ -74,7 +76,7 @@ def _matches(value: Any, tp: Any) -> bool:
     return True
 
 
-class _Checked:
+class Checked:
     """Mixin: type-check every field on creation, then run the class's own ``_validate``."""
 
     section: ClassVar[str] = ""
@@ -132,7 +134,7 @@ class _Checked:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelConfig(_Checked):
+class ModelConfig(Checked):
     """Fields every model shares.
 
     Attributes:
@@ -306,7 +308,7 @@ def _known_fields(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def _construct(cls: type, values: dict[str, Any], *, section: str) -> Any:
+def construct(cls: type, values: dict[str, Any], *, section: str) -> Any:
     known = _known_fields(cls)
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -323,14 +325,14 @@ def model_config(name: str, **fields: Any) -> ModelConfig:
     """
     if name not in MODEL_CONFIGS:
         raise ConfigError(f"unknown model {name!r} (known: {', '.join(MODEL_CONFIGS)})")
-    return _construct(MODEL_CONFIGS[name], fields, section="model")
+    return construct(MODEL_CONFIGS[name], fields, section="model")
 
 
 # --------------------------------------------------------------------------- run
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig(_Checked):
+class TrainConfig(Checked):
     """How to train.
 
     Attributes:
@@ -396,7 +398,7 @@ class TrainConfig(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DataConfig(_Checked):
+class DataConfig(Checked):
     """What to read.
 
     Attributes:
@@ -428,7 +430,7 @@ class DataConfig(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TaskConfig(_Checked):
+class TaskConfig(Checked):
     """A synthetic long-range task instead of text (``memtx.data.tasks``), with a curriculum.
 
     Each step samples a fresh batch; every sample starts with a fresh memory and the
@@ -582,9 +584,9 @@ class RunConfig:
             raise ConfigError(f"model.name must be str, got {name!r}")
         return cls(
             model=model_config(name, **model_fields),
-            train=_construct(TrainConfig, sections["train"], section="train"),
-            data=_construct(DataConfig, sections["data"], section="data"),
-            task=_construct(TaskConfig, sections["task"], section="task")
+            train=construct(TrainConfig, sections["train"], section="train"),
+            data=construct(DataConfig, sections["data"], section="data"),
+            task=construct(TaskConfig, sections["task"], section="task")
             if "task" in raw
             else None,
         )

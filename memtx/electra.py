@@ -63,7 +63,7 @@ from memtx.checkpoint import (
     set_rng_state,
     split_optimizer_state,
 )
-from memtx.config import DataConfig, MemformerConfig, RunConfig, TrainConfig, _Checked
+from memtx.config import DataConfig, MemformerConfig, RunConfig, TrainConfig, Checked
 from memtx.errors import ConfigError, DataError
 from memtx.modules import Block, RotaryEmbedding
 from memtx.replay import ReplayBuffer, ReplayConfig, replay_count, rtd_example_stats
@@ -97,7 +97,7 @@ __all__ = [
 
 
 @dataclass(frozen=True, kw_only=True)
-class ElectraConfig(_Checked):
+class ElectraConfig(Checked):
     """The generator and discriminator (the ``[electra]`` table).
 
     Attributes:
@@ -186,7 +186,7 @@ class ElectraConfig(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PretrainConfig(_Checked):
+class PretrainConfig(Checked):
     """How to pre-train (the ``[pretrain]`` table).
 
     Attributes:
@@ -273,7 +273,7 @@ class ElectraRun:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ElectraRun:
         """Build and validate from nested dicts (TOML or JSON); unknown keys are errors."""
-        from memtx.config import _construct
+        from memtx.config import construct
 
         if not isinstance(raw, dict):
             raise ConfigError(f"an electra run config must be a table of {', '.join(_SECTIONS)}")
@@ -292,7 +292,7 @@ class ElectraRun:
             values = raw.get(name, {})
             if not isinstance(values, dict):
                 raise ConfigError(f"{name} must be a table, got {values!r}")
-            built[name] = _construct(klass, dict(values), section=name)
+            built[name] = construct(klass, dict(values), section=name)
         return cls(**built)
 
 

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from memtx.config import _Checked
+from memtx.config import Checked
 from memtx.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ TASKS = ("play", "speaker")
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig(_Checked):
+class FinetuneConfig(Checked):
     """Downstream tasks and fine-tuning (the ``[finetune]`` table).
 
     Attributes:

@@ -58,7 +58,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from memtx.checkpoint import atomic_write_text
-from memtx.config import _Checked
+from memtx.config import Checked
 from memtx.errors import ConfigError, DataError
 
 __all__ = [
@@ -76,7 +76,7 @@ _STATE_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReplayConfig(_Checked):
+class ReplayConfig(Checked):
     """The replay buffer and how the discriminator uses it (the ``[replay]`` table).
 
     Attributes:
