@@ -586,9 +586,7 @@ class RunConfig:
             model=model_config(name, **model_fields),
             train=construct(TrainConfig, sections["train"], section="train"),
             data=construct(DataConfig, sections["data"], section="data"),
-            task=construct(TaskConfig, sections["task"], section="task")
-            if "task" in raw
-            else None,
+            task=construct(TaskConfig, sections["task"], section="task") if "task" in raw else None,
         )
 
 

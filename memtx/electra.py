@@ -63,7 +63,7 @@ from memtx.checkpoint import (
     set_rng_state,
     split_optimizer_state,
 )
-from memtx.config import DataConfig, MemformerConfig, RunConfig, TrainConfig, Checked
+from memtx.config import Checked, DataConfig, MemformerConfig, RunConfig, TrainConfig
 from memtx.errors import ConfigError, DataError
 from memtx.modules import Block, RotaryEmbedding
 from memtx.replay import ReplayBuffer, ReplayConfig, replay_count, rtd_example_stats

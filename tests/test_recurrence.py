@@ -46,7 +46,8 @@ def test_stream_equals_rollout_without_backward() -> None:
     assert [start for start, _ in walked] == [0, 8, 16, 24]
     assert not any(out.logits.requires_grad for _, out in walked)
     loss_a = sum(
-        lm_loss(out.logits, targets[:, start : start + out.logits.shape[1]]) for start, out in walked
+        lm_loss(out.logits, targets[:, start : start + out.logits.shape[1]])
+        for start, out in walked
     )
     loss_b = rollout(
         model, x[:, :-1], x[:, 1:], model.init_memory(2), loss_fn=lm_loss, backward=False
