@@ -1,7 +1,12 @@
-"""Streaming evaluation: bits per byte / perplexity over whole splits of any length.
+"""Streaming evaluation: bits per byte / perplexity over whole splits, and task scores.
 
-The split is cut into ``rows`` contiguous streams; each is walked segment by segment with
-the model's memory, so memory use does not grow with the length evaluated.
+- :func:`evaluate_tokens`: the split is cut into ``rows`` contiguous streams; each is
+  walked segment by segment with the model's memory, so memory use does not grow with
+  the length evaluated.
+- :func:`evaluate_task`: answer loss, token accuracy and exact match of a synthetic task's
+  held-out samples, each sample streamed from a fresh memory.
+
+Both walk segments through :func:`memtx.recurrence.stream`, the one no-grad segment walk.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import math
 import resource
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +26,9 @@ from tqdm.auto import tqdm
 from memtx.data import as_rows
 from memtx.errors import DataError
 from memtx.models.protocol import SegmentModel
+from memtx.recurrence import stream
 
-__all__ = ["EvalResult", "evaluate_tokens", "peak_memory_mb"]
+__all__ = ["EvalResult", "evaluate_task", "evaluate_tokens", "peak_memory_mb"]
 
 
 @dataclass(frozen=True)
@@ -102,12 +109,13 @@ def evaluate_tokens(
         torch.cuda.reset_peak_memory_stats(device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     memory = model.init_memory(grid.shape[0], device=device)
-    starts = range(0, inputs.shape[1], segment_len)
+    segments = -(-inputs.shape[1] // segment_len)  # ceil: the last segment may be shorter
+    walk = stream(model, inputs, memory, segment_len=segment_len)
     began = time.perf_counter()
-    for start in tqdm(starts, desc="eval", unit="seg", disable=not progress, leave=False):
-        out = model.step(inputs[:, start : start + segment_len], memory)
-        total += _sum_loss(out.logits, targets[:, start : start + segment_len])
-        memory = out.memory
+    for start, out in tqdm(
+        walk, total=segments, desc="eval", unit="seg", disable=not progress, leave=False
+    ):
+        total += _sum_loss(out.logits, targets[:, start : start + out.logits.shape[1]])
     elapsed = time.perf_counter() - began
     model.train(was_training)  # type: ignore[attr-defined]
     count = targets.numel()
@@ -122,3 +130,67 @@ def evaluate_tokens(
         tokens_per_s=count / max(elapsed, 1e-9),
         peak_memory_mb=peak_memory_mb(device),
     )
+
+
+@torch.no_grad()
+def evaluate_task(
+    model: SegmentModel,
+    task: Any,
+    *,
+    samples: int,
+    device: torch.device | str,
+    seed: int,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Answer loss, token accuracy and exact match on ``samples`` held-out samples.
+
+    Streams each sample segment by segment with the model's memory and scores only the
+    answer positions, so the cost in memory does not grow with the sample's length.
+
+    Args:
+        model: any segment model (put in eval mode here, restored afterwards).
+        task: a synthetic task (:mod:`memtx.data.tasks`): ``task.sample(n, generator=...)``
+            returns ``inputs`` and ``targets`` [n, N], ``-100`` where nothing is scored.
+        samples: how many held-out samples to score.
+        device: where to run.
+        seed: seeds the samples' generator, so every call scores the same samples.
+        batch_size: samples per batch.
+
+    Returns:
+        ``loss`` (mean cross-entropy per answer token, nats), ``token_accuracy`` (share of
+        answer tokens predicted right) and ``exact_match`` (share of samples with every
+        answer token right).
+    """
+    device = torch.device(device)
+    was_training = getattr(model, "training", False)
+    model.eval()  # type: ignore[attr-defined]
+    generator = torch.Generator().manual_seed(seed)
+    loss_sum, right, scored, exact, rows = 0.0, 0, 0, 0, 0
+    try:
+        for first in range(0, samples, batch_size):
+            sample = task.sample(min(batch_size, samples - first), generator=generator)
+            inputs, targets = sample.inputs.to(device), sample.targets.to(device)
+            memory = model.init_memory(inputs.shape[0], device=device)
+            wrong = torch.zeros(inputs.shape[0], dtype=torch.long, device=device)  # (B,)
+            for start, out in stream(model, inputs, memory):
+                y = targets[:, start : start + out.logits.shape[1]]  # (B, L)
+                scored_here = y != -100  # (B, L)
+                if not scored_here.any():
+                    continue
+                logits = out.logits.float()
+                loss_sum += float(
+                    F.cross_entropy(logits[scored_here], y[scored_here], reduction="sum")
+                )
+                hits = (logits.argmax(-1) == y) & scored_here
+                right += int(hits.sum())
+                scored += int(scored_here.sum())
+                wrong += (scored_here & ~hits).sum(1)
+            exact += int((wrong == 0).sum())
+            rows += inputs.shape[0]
+    finally:
+        model.train(was_training)  # type: ignore[attr-defined]
+    return {
+        "loss": loss_sum / max(scored, 1),
+        "token_accuracy": right / max(scored, 1),
+        "exact_match": exact / max(rows, 1),
+    }

@@ -21,6 +21,7 @@ import torch
 from memtx.config import MemformerConfig
 from memtx.data import load_tokenizer
 from memtx.errors import ConfigError, DataError
+from memtx.recurrence import stream
 
 __all__ = ["MemoryReport", "inspect_memory"]
 
@@ -101,13 +102,12 @@ def inspect_memory(
     ids = tokenizer.encode(docs[document].data)[: max_segments * cfg.segment_len]
     tokens = torch.from_numpy(ids.astype(np.int64))[None]  # (1, N)
 
-    memory = model.init_memory(1)
     retention: list[np.ndarray] = []
     writes: list[dict[str, float]] = [{} for _ in range(cfg.memory_slots)]
     previous: torch.Tensor | None = None
-    for start in range(0, tokens.shape[1], cfg.segment_len):
-        segment = tokens[:, start : start + cfg.segment_len]
-        out = model.step(segment, memory)
+    for start, out in stream(model, tokens, model.init_memory(1), segment_len=cfg.segment_len):
+        segment = tokens[:, start : start + out.logits.shape[1]]  # (1, L)
+        # The writer's attention is no part of the memory value: each step reports it in aux.
         attention = out.aux["write_attention"][0].mean(0)  # (slots, 1 + L), over heads
         retention.append(attention[:, 0].numpy())
         if previous is not None:  # the writer read the previous segment
@@ -117,7 +117,6 @@ def inspect_memory(
                     weight = float(attention[slot, 1 + position])
                     writes[slot][text] = writes[slot].get(text, 0.0) + weight
         previous = segment
-        memory = out.memory
     slot_bias = getattr(model, "slot_bias", None)
     bias = slot_bias.norm(dim=-1).numpy() if slot_bias is not None else np.zeros(0)
     report = MemoryReport(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 import memtx
-from memtx.evaluate import evaluate_tokens
+from memtx.data.tasks import make_task
+from memtx.evaluate import evaluate_task, evaluate_tokens
 
 
 def test_streamed_transformer_xl_equals_one_shot() -> None:
@@ -38,3 +40,55 @@ def test_eval_restores_training_mode_and_counts_tokens() -> None:
     assert model.training
     assert result.tokens == 3 * (103 // 3 - 1)
     assert result.peak_memory_mb > 0 and result.tokens_per_s > 0
+
+
+def _hand_walked_task_scores(model, task, *, samples, seed, batch_size):  # type: ignore[no-untyped-def]
+    """The segment loop ``evaluate_task`` replaced, written out by hand: the reference."""
+    generator = torch.Generator().manual_seed(seed)
+    segment_len = model.config.segment_len
+    loss_sum, right, scored, exact, rows = 0.0, 0, 0, 0, 0
+    with torch.no_grad():
+        for first in range(0, samples, batch_size):
+            sample = task.sample(min(batch_size, samples - first), generator=generator)
+            memory = model.init_memory(sample.inputs.shape[0])
+            wrong = torch.zeros(sample.inputs.shape[0], dtype=torch.long)
+            for offset in range(0, sample.inputs.shape[1], segment_len):
+                out = model.step(sample.inputs[:, offset : offset + segment_len], memory)
+                memory = out.memory
+                y = sample.targets[:, offset : offset + segment_len]
+                mask = y != -100
+                if not mask.any():
+                    continue
+                logits = out.logits.float()
+                loss_sum += float(F.cross_entropy(logits[mask], y[mask], reduction="sum"))
+                hits = (logits.argmax(-1) == y) & mask
+                right += int(hits.sum())
+                scored += int(mask.sum())
+                wrong += (mask & ~hits).sum(1)
+            exact += int((wrong == 0).sum())
+            rows += sample.inputs.shape[0]
+    return {
+        "loss": loss_sum / max(scored, 1),
+        "token_accuracy": right / max(scored, 1),
+        "exact_match": exact / max(rows, 1),
+    }
+
+
+@pytest.mark.parametrize("name", ["memformer", "rmt"])
+def test_evaluate_task_equals_the_hand_written_segment_walk(name: str) -> None:
+    torch.manual_seed(0)
+    fields = {"memformer": dict(memory_slots=4, encoder_layers=1, decoder_layers=1)}.get(
+        name, dict(memory_tokens=2, n_layers=1)
+    )
+    model = memtx.build(
+        name, vocab_size=256, d_model=16, n_heads=2, segment_len=8, dropout=0.0, **fields
+    ).train()
+    task = make_task("copy", segments=3, segment_len=8, alphabet=4, source_len=4, seed=0)
+    metrics = evaluate_task(model, task, samples=7, device="cpu", seed=3, batch_size=3)
+    assert model.training  # the mode is restored
+    model.eval()
+    expected = _hand_walked_task_scores(model, task, samples=7, seed=3, batch_size=3)
+    assert metrics.keys() == expected.keys()
+    for key in expected:
+        assert math.isclose(metrics[key], expected[key], rel_tol=1e-6, abs_tol=1e-9), key
+    assert 0.0 <= metrics["token_accuracy"] <= 1.0 and 0.0 <= metrics["exact_match"] <= 1.0

@@ -52,6 +52,8 @@ def run_worker(*, model: str, length: int, mem_len: int, device: str) -> dict[st
     """Score ``length`` random tokens with ``model``; time per token and peak memory."""
     import torch
 
+    from memtx.recurrence import stream
+
     dev = torch.device(device)
     torch.manual_seed(0)
     net = _build(model, length, mem_len=mem_len).to(dev).eval()
@@ -60,20 +62,17 @@ def run_worker(*, model: str, length: int, mem_len: int, device: str) -> dict[st
     baseline = max_rss_mb()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    with torch.no_grad():  # warm-up on a throwaway stream: first calls pay one-off costs
-        warm = net.init_memory(1, device=dev)
-        for start in range(0, min(length, 4 * segment), segment):
-            warm = net.step(tokens[:, start : start + segment], warm).memory
-    memory = net.init_memory(1, device=dev)
+    # Warm-up on a throwaway stream: the first calls pay one-off costs.
+    for _ in stream(net, tokens[:, : 4 * segment], net.init_memory(1, device=dev)):
+        pass
     times: list[float] = []
-    with torch.no_grad():
-        for start in range(0, length, segment):
-            began = time.perf_counter()
-            out = net.step(tokens[:, start : start + segment], memory)
-            memory = out.memory
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            times.append(time.perf_counter() - began)
+    began = time.perf_counter()
+    # Each time covers one segment's step, taken when the walk hands the segment over.
+    for _ in stream(net, tokens, net.init_memory(1, device=dev)):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - began)
+        began = time.perf_counter()
     total = sum(times)
     # Skip the first segments (warm-up) when there are enough of them.
     steady = times[len(times) // 10 :] if len(times) >= 20 else times

@@ -193,6 +193,7 @@ def measure_inference(
     from memtx.bench.common import count_flops
     from memtx.evaluate import evaluate_tokens
     from memtx.models.protocol import memory_leaves
+    from memtx.recurrence import stream
     from memtx.train import load_trained
 
     dev = torch.device(device)
@@ -218,9 +219,12 @@ def measure_inference(
     # The memory after a whole stream, and the FLOPs of one more segment reading it.
     grid = torch.as_tensor(tokens[: rows * (len(tokens) // rows)].reshape(rows, -1), device=dev)
     memory = model.init_memory(rows, device=dev)
+    # Whole segments only: the state after a full last segment is the steady-state size.
+    whole = grid.shape[1] // segment * segment
+    if whole:
+        for _, out in stream(model, grid[:, :whole], memory, segment_len=segment):
+            memory = out.memory
     with torch.no_grad():
-        for start in range(0, grid.shape[1] - segment + 1, segment):
-            memory = model.step(grid[:, start : start + segment], memory).memory
         state_bytes = sum(t.numel() * t.element_size() for t in memory_leaves(memory))
         last = grid[:, :segment]
         flops = count_flops(lambda: model.step(last, memory))

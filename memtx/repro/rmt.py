@@ -30,7 +30,7 @@ from typing import Any
 
 from memtx.bench.common import markdown_table
 from memtx.config import RunConfig, load_run_config
-from memtx.sources import evaluate_task
+from memtx.evaluate import evaluate_task
 
 __all__ = ["RMT_VARIANTS", "repro_rmt"]
 
