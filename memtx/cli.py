@@ -6,10 +6,12 @@ and exits with code 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional, ParamSpec
 
 import typer
 
@@ -31,30 +33,44 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 app.add_typer(repro_app, name="repro")
 
+P = ParamSpec("P")
+
 _state = {"debug": False}
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with code 2 (bad input)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
 
-def _guard(fn):  # type: ignore[no-untyped-def]
-    """Turn our errors into one line on stderr and exit code 2 (unless --debug)."""
-    from memtx.train import TrainingInterrupted
+def guarded(command: Callable[P, None]) -> Callable[P, None]:
+    """Decorate a verb (under ``@app.command()``) so that errors end it cleanly.
 
-    try:
-        return fn()
-    except TrainingInterrupted as exc:
-        typer.echo(f"interrupted: {exc}", err=True)
-        raise typer.Exit(130) from None
-    except MemtxError as exc:
-        if _state["debug"]:
-            raise
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    A :class:`MemtxError` (bad input) becomes one line on stderr and exit code 2, or its
+    traceback with ``--debug``; an interrupted run (``TrainingInterrupted``) or Ctrl-C
+    exits with code 130. ``functools.wraps`` keeps the verb's signature, which typer
+    reads for the options.
+    """
+
+    @functools.wraps(command)
+    def verb(*args: P.args, **kwargs: P.kwargs) -> None:
+        from memtx.train import TrainingInterrupted
+
+        try:
+            command(*args, **kwargs)
+        except TrainingInterrupted as exc:
+            typer.echo(f"interrupted: {exc}", err=True)
+            raise typer.Exit(130) from None
+        except MemtxError as exc:
+            if _state["debug"]:
+                raise
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return verb
 
 
 @app.callback()
@@ -72,6 +88,7 @@ SetOption = Annotated[
 
 
 @app.command()
+@guarded
 def train(
     out: Annotated[Path, typer.Option(help="Run folder to create (or resume).")],
     config: Annotated[
@@ -97,31 +114,29 @@ def train(
     extra = [f"train.device={device}"] if device else []
     extra += ["train.compile=true"] if compile_ else []
 
-    def run() -> None:
-        from memtx.config import load_run_config
-        from memtx.train import load_saved_run
-        from memtx.train import train as train_run
+    from memtx.config import load_run_config
+    from memtx.train import load_saved_run
+    from memtx.train import train as train_run
 
-        if resume:
-            if config is not None:
-                _fail("--resume uses the config saved in --out; drop --config")
-            run_cfg = load_saved_run(out, overrides=[*(set_ or []), *extra])
-        else:
-            run_cfg = load_run_config(config, overrides=[*(set_ or []), *extra])
-        result = train_run(run_cfg, out_dir=out, resume=resume, progress=progress)
-        summary = {
-            "run": str(result.run_dir),
-            "steps": result.steps,
-            "train_loss": result.final_loss,
-            "tokens_per_s": round(result.tokens_per_s),
-        }
-        summary.update({f"valid_{k}": round(v, 4) for k, v in result.valid.items()})
-        typer.echo(json.dumps(summary))
-
-    _guard(run)
+    if resume:
+        if config is not None:
+            _fail("--resume uses the config saved in --out; drop --config")
+        run_cfg = load_saved_run(out, overrides=[*(set_ or []), *extra])
+    else:
+        run_cfg = load_run_config(config, overrides=[*(set_ or []), *extra])
+    result = train_run(run_cfg, out_dir=out, resume=resume, progress=progress)
+    summary = {
+        "run": str(result.run_dir),
+        "steps": result.steps,
+        "train_loss": result.final_loss,
+        "tokens_per_s": round(result.tokens_per_s),
+    }
+    summary.update({f"valid_{k}": round(v, 4) for k, v in result.valid.items()})
+    typer.echo(json.dumps(summary))
 
 
 @app.command("eval")
+@guarded
 def eval_(
     run: Annotated[Path, typer.Option(help="Run folder written by memtx train.")],
     split: Annotated[str, typer.Option(help="valid or test.")] = "valid",
@@ -141,38 +156,36 @@ def eval_(
     """Evaluate a trained run, streamed segment by segment: bits per byte / perplexity,
     or answer accuracy for a task run (--segments to evaluate longer than trained)."""
 
-    def go() -> None:
-        from memtx.train import evaluate_run, evaluate_task_run, load_saved_run
+    from memtx.train import evaluate_run, evaluate_task_run, load_saved_run
 
-        if segments is not None or load_saved_run(run).task is not None:
-            metrics = evaluate_task_run(run, segments=segments, samples=samples)
-            if as_json:
-                typer.echo(json.dumps(metrics))
-            else:
-                typer.echo("  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            return
-
-        result = evaluate_run(
-            run,
-            split=split,
-            corpus=data,
-            overrides=set_ or [],
-            max_tokens=max_tokens,
-            rows=rows,
-            progress=progress,
-        )
+    if segments is not None or load_saved_run(run).task is not None:
+        metrics = evaluate_task_run(run, segments=segments, samples=samples)
         if as_json:
-            typer.echo(json.dumps({"split": split, **result.to_dict()}))
+            typer.echo(json.dumps(metrics))
         else:
-            typer.echo(
-                f"{split}: {result.tokens:,} tokens  bpc {result.bpc:.4f}  ppl {result.ppl:.3f}  "
-                f"{result.tokens_per_s:,.0f} tokens/s  peak {result.peak_memory_mb:,.0f} MB"
-            )
+            typer.echo("  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        return
 
-    _guard(go)
+    result = evaluate_run(
+        run,
+        split=split,
+        corpus=data,
+        overrides=set_ or [],
+        max_tokens=max_tokens,
+        rows=rows,
+        progress=progress,
+    )
+    if as_json:
+        typer.echo(json.dumps({"split": split, **result.to_dict()}))
+    else:
+        typer.echo(
+            f"{split}: {result.tokens:,} tokens  bpc {result.bpc:.4f}  ppl {result.ppl:.3f}  "
+            f"{result.tokens_per_s:,.0f} tokens/s  peak {result.peak_memory_mb:,.0f} MB"
+        )
 
 
 @app.command()
+@guarded
 def demo(
     out: Annotated[
         Path, typer.Option(help="Run folder (replaced if it holds a finished demo).")
@@ -182,15 +195,13 @@ def demo(
 ) -> None:
     """The main job on the bundled defaults: train the demo preset on shakespeare, evaluate it."""
 
-    def go() -> None:
-        from memtx.train import run_demo
+    from memtx.train import run_demo
 
-        run_demo(config=config, out_dir=out, overrides=set_ or [], echo=typer.echo)
-
-    _guard(go)
+    run_demo(config=config, out_dir=out, overrides=set_ or [], echo=typer.echo)
 
 
 @app.command()
+@guarded
 def pretrain(
     out: Annotated[Path, typer.Option(help="Run folder to create (or resume).")],
     config: Annotated[Path, typer.Option(help="ELECTRA preset.")] = Path(
@@ -201,16 +212,14 @@ def pretrain(
 ) -> None:
     """ELECTRA pre-training, with the TMR replay buffer unless --set replay.enabled=false."""
 
-    def go() -> None:
-        from memtx.electra import pretrain_from_config
+    from memtx.electra import pretrain_from_config
 
-        summary = pretrain_from_config(config, overrides=set_ or [], out_dir=out, progress=progress)
-        typer.echo(json.dumps(summary, default=str))
-
-    _guard(go)
+    summary = pretrain_from_config(config, overrides=set_ or [], out_dir=out, progress=progress)
+    typer.echo(json.dumps(summary, default=str))
 
 
 @app.command()
+@guarded
 def generate(
     run: Annotated[Path, typer.Option(help="Run folder written by memtx train.")],
     prompt: Annotated[str, typer.Option(help="Text to continue (any length).")],
@@ -225,30 +234,28 @@ def generate(
 ) -> None:
     """Continue a prompt, streamed to the terminal, with constant memory."""
 
-    def go() -> None:
-        from memtx.generate import generate_text
+    from memtx.generate import generate_text
 
-        def stream(text: str) -> None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+    def stream(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
-        generate_text(
-            run,
-            prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop or [],
-            stream=stream,
-        )
-        sys.stdout.write("\n")
-
-    _guard(go)
+    generate_text(
+        run,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=stop or [],
+        stream=stream,
+    )
+    sys.stdout.write("\n")
 
 
 @app.command()
+@guarded
 def inspect(
     run: Annotated[Path, typer.Option(help="A trained Memformer run folder.")],
     data: Annotated[
@@ -263,19 +270,17 @@ def inspect(
 ) -> None:
     """What Memformer's memory does: retention vs writing per slot and segment, as heatmaps."""
 
-    def go() -> None:
-        from memtx.inspect import inspect_memory
+    from memtx.inspect import inspect_memory
 
-        report = inspect_memory(
-            run, corpus=data, document=document, split=split, max_segments=max_segments, out_dir=out
-        )
-        typer.echo(report.summary())
-        typer.echo("wrote " + ", ".join(str(f) for f in report.files))
-
-    _guard(go)
+    report = inspect_memory(
+        run, corpus=data, document=document, split=split, max_segments=max_segments, out_dir=out
+    )
+    typer.echo(report.summary())
+    typer.echo("wrote " + ", ".join(str(f) for f in report.files))
 
 
 @bench_app.command("mrbp")
+@guarded
 def bench_mrbp(
     out: Annotated[Path, typer.Option(help="Folder for mrbp.md, mrbp.png, mrbp.json.")] = Path(
         "benchmarks"
@@ -287,17 +292,15 @@ def bench_mrbp(
 ) -> None:
     """Peak memory and time per step vs rollout: full BPTT, checkpointing, MRBP (Memformer)."""
 
-    def go() -> None:
-        from memtx.bench.mrbp import run_mrbp_benchmark
+    from memtx.bench.mrbp import run_mrbp_benchmark
 
-        lengths = _int_list(rollouts, name="--rollouts")
-        run_mrbp_benchmark(out_dir=out, rollouts=lengths, steps=steps)
-        typer.echo(f"wrote {out / 'mrbp.md'} and {out / 'mrbp.png'}")
-
-    _guard(go)
+    lengths = _int_list(rollouts, name="--rollouts")
+    run_mrbp_benchmark(out_dir=out, rollouts=lengths, steps=steps)
+    typer.echo(f"wrote {out / 'mrbp.md'} and {out / 'mrbp.png'}")
 
 
 @bench_app.command("scaling")
+@guarded
 def bench_scaling(
     out: Annotated[Path, typer.Option(help="Folder for scaling.md/.png/.json.")] = Path(
         "benchmarks"
@@ -313,26 +316,24 @@ def bench_scaling(
 ) -> None:
     """Time per token and peak memory from 4K to 1M tokens, each point in its own process."""
 
-    def go() -> None:
-        from memtx.bench.scaling import MODELS, run_scaling_benchmark
+    from memtx.bench.scaling import MODELS, run_scaling_benchmark
 
-        names = [m.strip() for m in models.split(",") if m.strip()]
-        unknown = [m for m in names if m not in MODELS]
-        if unknown:
-            _fail(f"--models: unknown {unknown[0]!r} (known: {', '.join(MODELS)})")
-        run_scaling_benchmark(
-            out_dir=out,
-            models=names,
-            lengths=_int_list(lengths, name="--lengths"),
-            mem_len=mem_len,
-            device=device,
-        )
-        typer.echo(f"wrote {out / 'scaling.md'} and {out / 'scaling.png'}")
-
-    _guard(go)
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        _fail(f"--models: unknown {unknown[0]!r} (known: {', '.join(MODELS)})")
+    run_scaling_benchmark(
+        out_dir=out,
+        models=names,
+        lengths=_int_list(lengths, name="--lengths"),
+        mem_len=mem_len,
+        device=device,
+    )
+    typer.echo(f"wrote {out / 'scaling.md'} and {out / 'scaling.png'}")
 
 
 @repro_app.command("rmt")
+@guarded
 def repro_rmt(
     out: Annotated[Path, typer.Option(help="Folder for rmt.md and rmt.json.")] = Path("benchmarks"),
     runs: Annotated[Path, typer.Option(help="Where the trained runs go.")] = Path("runs/repro-rmt"),
@@ -354,37 +355,35 @@ def repro_rmt(
 ) -> None:
     """RMT vs its start-only ablation vs Transformer-XL vs no memory on copy and reverse."""
 
-    def go() -> None:
-        from memtx.repro import RMT_VARIANTS
-        from memtx.repro import repro_rmt as run_repro
+    from memtx.repro import RMT_VARIANTS
+    from memtx.repro import repro_rmt as run_repro
 
-        chosen = [v.strip() for v in variants.split(",") if v.strip()]
-        unknown = [v for v in chosen if v not in RMT_VARIANTS]
-        if unknown:
-            _fail(f"--variants: unknown {unknown[0]!r} (known: {', '.join(RMT_VARIANTS)})")
-        names = [t.strip() for t in tasks.split(",") if t.strip()]
-        bad = [t for t in names if t not in ("copy", "reverse")]
-        if bad:
-            _fail(f"--tasks: unknown {bad[0]!r} (known: copy, reverse)")
+    chosen = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in RMT_VARIANTS]
+    if unknown:
+        _fail(f"--variants: unknown {unknown[0]!r} (known: {', '.join(RMT_VARIANTS)})")
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    bad = [t for t in names if t not in ("copy", "reverse")]
+    if bad:
+        _fail(f"--tasks: unknown {bad[0]!r} (known: copy, reverse)")
 
-        path = run_repro(
-            out_dir=out,
-            runs_dir=runs,
-            device=device,
-            steps=steps,
-            stage_steps=stage_steps,
-            facts=facts,
-            tasks=names,
-            variants=chosen,
-            overrides=set_ or (),
-            echo=typer.echo,
-        )
-        typer.echo(f"wrote {path}")
-
-    _guard(go)
+    path = run_repro(
+        out_dir=out,
+        runs_dir=runs,
+        device=device,
+        steps=steps,
+        stage_steps=stage_steps,
+        facts=facts,
+        tasks=names,
+        variants=chosen,
+        overrides=set_ or (),
+        echo=typer.echo,
+    )
+    typer.echo(f"wrote {path}")
 
 
 @repro_app.command("memformer")
+@guarded
 def repro_memformer(
     out: Annotated[Path, typer.Option(help="Folder for memformer.md/.json/.png.")] = Path(
         "benchmarks"
@@ -405,31 +404,29 @@ def repro_memformer(
 ) -> None:
     """Memformer vs Transformer-XL caches vs no memory on shakespeare: bpc, memory, speed."""
 
-    def go() -> None:
-        from memtx.repro.memformer import repro_memformer as run_repro
+    from memtx.repro.memformer import repro_memformer as run_repro
 
-        try:
-            lengths = [int(c) for c in caches.split(",") if c.strip()]
-        except ValueError:
-            _fail(f"--caches: expected comma-separated integers, got {caches!r}")
-        if steps < 1:
-            _fail(f"--steps must be >= 1, got {steps}")
-        path = run_repro(
-            out_dir=out,
-            runs_dir=runs,
-            caches=lengths,
-            steps=steps,
-            device=device,
-            threads=threads,
-            overrides=set_ or [],
-            echo=typer.echo,
-        )
-        typer.echo(f"wrote {path}")
-
-    _guard(go)
+    try:
+        lengths = [int(c) for c in caches.split(",") if c.strip()]
+    except ValueError:
+        _fail(f"--caches: expected comma-separated integers, got {caches!r}")
+    if steps < 1:
+        _fail(f"--steps must be >= 1, got {steps}")
+    path = run_repro(
+        out_dir=out,
+        runs_dir=runs,
+        caches=lengths,
+        steps=steps,
+        device=device,
+        threads=threads,
+        overrides=set_ or [],
+        echo=typer.echo,
+    )
+    typer.echo(f"wrote {path}")
 
 
 @bench_app.command("peers")
+@guarded
 def bench_peers(
     out: Annotated[Path, typer.Option(help="Folder for peers.md and peers.json.")] = Path(
         "benchmarks"
@@ -439,16 +436,14 @@ def bench_peers(
 ) -> None:
     """memtx vs the public memformer and RMT packages on the reference config, side by side."""
 
-    def go() -> None:
-        from memtx.bench.peers import run_peers_benchmark
+    from memtx.bench.peers import run_peers_benchmark
 
-        run_peers_benchmark(out_dir=out, steps=steps, threads=threads)
-        typer.echo(f"wrote {out / 'peers.md'}")
-
-    _guard(go)
+    run_peers_benchmark(out_dir=out, steps=steps, threads=threads)
+    typer.echo(f"wrote {out / 'peers.md'}")
 
 
 @repro_app.command("tmr")
+@guarded
 def repro_tmr(
     out: Annotated[Path, typer.Option(help="Folder for tmr.md and tmr.png.")] = Path("benchmarks"),
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2,3,4",
@@ -463,24 +458,22 @@ def repro_tmr(
 ) -> None:
     """ELECTRA with and without replay at equal generated examples, 5 seeds, then fine-tuning."""
 
-    def go() -> None:
-        from memtx.finetune import repro_tmr as run_repro
+    from memtx.finetune import repro_tmr as run_repro
 
-        path = run_repro(
-            out_dir=out,
-            seeds=_int_list(seeds, name="--seeds", minimum=0),
-            config_path=config,
-            overrides=set_ or [],
-            work_dir=runs,
-            threads=threads,
-            echo=typer.echo,
-        )
-        typer.echo(f"wrote {path}")
-
-    _guard(go)
+    path = run_repro(
+        out_dir=out,
+        seeds=_int_list(seeds, name="--seeds", minimum=0),
+        config_path=config,
+        overrides=set_ or [],
+        work_dir=runs,
+        threads=threads,
+        echo=typer.echo,
+    )
+    typer.echo(f"wrote {path}")
 
 
 @bench_app.command("peak")
+@guarded
 def bench_peak(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
@@ -490,16 +483,13 @@ def bench_peak(
 ) -> None:
     """The machine's measured matmul peak (FLOP/s): what MFU figures are divided by."""
 
-    def go() -> None:
-        from memtx.bench.throughput import measure_matmul_peak
+    from memtx.bench.throughput import measure_matmul_peak
 
-        if dtype not in ("fp32", "bf16"):
-            _fail(f"--dtype must be fp32 or bf16, got {dtype!r}")
-        for size in _int_list(sizes, name="--sizes"):
-            flops = measure_matmul_peak(device=device, dtype=dtype, size=size)
-            typer.echo(f"{size}x{size} {dtype} matmul on {device}: {flops / 1e9:,.1f} GFLOP/s")
-
-    _guard(go)
+    if dtype not in ("fp32", "bf16"):
+        _fail(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    for size in _int_list(sizes, name="--sizes"):
+        flops = measure_matmul_peak(device=device, dtype=dtype, size=size)
+        typer.echo(f"{size}x{size} {dtype} matmul on {device}: {flops / 1e9:,.1f} GFLOP/s")
 
 
 def _int_list(text: str, *, name: str, minimum: int = 1) -> list[int]:
