@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from memtx.data import as_rows
 from memtx.errors import DataError
 from memtx.models.protocol import SegmentModel
+from memtx.progress import progress_bar
 from memtx.recurrence import stream
 
 __all__ = ["EvalResult", "evaluate_task", "evaluate_tokens", "peak_memory_mb"]
@@ -112,7 +112,7 @@ def evaluate_tokens(
     segments = -(-inputs.shape[1] // segment_len)  # ceil: the last segment may be shorter
     walk = stream(model, inputs, memory, segment_len=segment_len)
     began = time.perf_counter()
-    for start, out in tqdm(
+    for start, out in progress_bar(
         walk, total=segments, desc="eval", unit="seg", disable=not progress, leave=False
     ):
         total += _sum_loss(out.logits, targets[:, start : start + out.logits.shape[1]])

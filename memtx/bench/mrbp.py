@@ -381,7 +381,7 @@ def run_mrbp_benchmark(
     Raises:
         ValueError: an unknown strategy, a rollout < 1, steps < 1 or warmup < 0.
     """
-    from tqdm import tqdm
+    from memtx.progress import progress_bar
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -435,7 +435,7 @@ def run_mrbp_benchmark(
         )
         return {**row, "estimated_gb": estimate}
 
-    bar = tqdm(total=len(to_run), desc="bench mrbp", unit="run", disable=not progress)
+    bar = progress_bar(total=len(to_run), desc="bench mrbp", unit="run", disable=not progress)
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on processes
         futures = [pool.submit(run, *config) for config in to_run]
         for future in as_completed(futures):

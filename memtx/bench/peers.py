@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from memtx.bench.common import (
     count_flops,
     markdown_table,
@@ -41,6 +39,7 @@ from memtx.bench.common import (
     run_json_worker,
 )
 from memtx.bench.throughput import COMMON, REFERENCE
+from memtx.progress import progress_bar
 
 __all__ = [
     "PAIRS",
@@ -537,7 +536,9 @@ def run_peers_benchmark(
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads that each wait on a process
         results = list(
-            tqdm(pool.map(run_row, rows), total=len(rows), desc="peers", disable=not progress)
+            progress_bar(
+                pool.map(run_row, rows), total=len(rows), desc="peers", disable=not progress
+            )
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {

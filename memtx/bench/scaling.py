@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from memtx.bench.common import (
     markdown_table,
     max_rss_mb,
@@ -29,6 +27,7 @@ from memtx.bench.common import (
     report_worker,
     run_json_worker,
 )
+from memtx.progress import progress_bar
 
 __all__ = ["MODELS", "run_scaling_benchmark"]
 
@@ -107,7 +106,7 @@ def run_scaling_benchmark(
     """Every (model, length) point in its own process; writes scaling.md/.png/.json."""
     rows: list[dict[str, Any]] = []
     points = [(m, n) for m in models for n in lengths]
-    for model, length in tqdm(points, desc="scaling", disable=not progress):
+    for model, length in progress_bar(points, desc="scaling", disable=not progress):
         if model == "transformer_full" and length > full_attention_max:
             rows.append(
                 {

@@ -449,7 +449,7 @@ def download(url: str, destination: Path, *, size: int, sha256: str, label: str)
     Raises:
         DataError: If the download fails or the size or checksum differ.
     """
-    from tqdm import tqdm
+    from memtx.progress import progress_bar
 
     if len(urllib.parse.urlparse(url).scheme) <= 1:
         # A plain path (a one-letter scheme is a Windows drive letter).
@@ -471,7 +471,7 @@ def download(url: str, destination: Path, *, size: int, sha256: str, label: str)
             os.fdopen(handle, "wb") as out,
             urllib.request.urlopen(url, timeout=60) as response,
             # disable=None: a bar on a terminal, nothing in a log file.
-            tqdm(total=size, unit="B", unit_scale=True, desc=label, disable=None) as bar,
+            progress_bar(total=size, unit="B", unit_scale=True, desc=label, disable=None) as bar,
         ):
             while block := response.read(_DOWNLOAD_BLOCK):
                 out.write(block)
