@@ -148,7 +148,7 @@ def repro_memformer(
             }
             done.write_text(json.dumps(trained, indent=1) + "\n")
         if not valid_path.exists():
-            data = prepare_data(run)
+            data = prepare_data(run.data)
             need = infer_rows * infer_tokens + 1
             np.save(valid_path, np.asarray(data.valid[:need], dtype=np.int64))
         args = [

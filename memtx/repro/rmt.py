@@ -234,7 +234,7 @@ def facts_length_rows(
     """Answer accuracy of a facts-in-noise model at each number of ``segments``."""
     from memtx.train import prepare_data
 
-    noise = prepare_data(run).train
+    noise = prepare_data(run.data).train
     rows = []
     for count in segments:
         task = _task_of(run, count, noise=noise)
