@@ -104,7 +104,7 @@ def evaluate_tokens(
     inputs, targets = grid[:, :-1], grid[:, 1:]
     segment_len = model.config.segment_len
     was_training = getattr(model, "training", False)
-    model.eval()  # type: ignore[attr-defined]
+    model.eval()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -117,7 +117,7 @@ def evaluate_tokens(
     ):
         total += _sum_loss(out.logits, targets[:, start : start + out.logits.shape[1]])
     elapsed = time.perf_counter() - began
-    model.train(was_training)  # type: ignore[attr-defined]
+    model.train(was_training)
     count = targets.numel()
     loss = float(total) / count
     bits = loss / math.log(2)
@@ -163,7 +163,7 @@ def evaluate_task(
     """
     device = torch.device(device)
     was_training = getattr(model, "training", False)
-    model.eval()  # type: ignore[attr-defined]
+    model.eval()
     generator = torch.Generator().manual_seed(seed)
     loss_sum, right, scored, exact, rows = 0.0, 0, 0, 0, 0
     try:
@@ -188,7 +188,7 @@ def evaluate_task(
             exact += int((wrong == 0).sum())
             rows += inputs.shape[0]
     finally:
-        model.train(was_training)  # type: ignore[attr-defined]
+        model.train(was_training)
     return {
         "loss": loss_sum / max(scored, 1),
         "token_accuracy": right / max(scored, 1),

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import memtx
-from memtx.data.tasks import make_task
+from memtx.data.tasks import Task, make_task
 from memtx.evaluate import evaluate_task, evaluate_tokens
+from memtx.models.protocol import SegmentModel
 
 
 def test_streamed_transformer_xl_equals_one_shot() -> None:
@@ -42,7 +43,9 @@ def test_eval_restores_training_mode_and_counts_tokens() -> None:
     assert result.peak_memory_mb > 0 and result.tokens_per_s > 0
 
 
-def _hand_walked_task_scores(model, task, *, samples, seed, batch_size):  # type: ignore[no-untyped-def]
+def _hand_walked_task_scores(
+    model: SegmentModel, task: Task, *, samples: int, seed: int, batch_size: int
+) -> dict[str, float]:
     """The segment loop ``evaluate_task`` replaced, written out by hand: the reference."""
     generator = torch.Generator().manual_seed(seed)
     segment_len = model.config.segment_len
