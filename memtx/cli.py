@@ -458,7 +458,7 @@ def repro_tmr(
 ) -> None:
     """ELECTRA with and without replay at equal generated examples, 5 seeds, then fine-tuning."""
 
-    from memtx.finetune import repro_tmr as run_repro
+    from memtx.repro.tmr import repro_tmr as run_repro
 
     path = run_repro(
         out_dir=out,

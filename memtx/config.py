@@ -10,8 +10,10 @@ silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -34,7 +36,10 @@ __all__ = [
     "MODEL_CONFIGS",
     "construct",
     "model_config",
+    "SECTIONS",
+    "load_config_tables",
     "load_run_config",
+    "section_tables",
     "parse_overrides",
 ]
 
@@ -77,9 +82,16 @@ def _matches(value: Any, tp: Any) -> bool:
 
 
 class Checked:
-    """Mixin: type-check every field on creation, then run the class's own ``_validate``."""
+    """Mixin: type-check every field on creation, then run the class's own ``_validate``.
+
+    Besides its type, every field is checked for values no config can mean: a float that
+    is NaN or infinite (unless the field is named in ``infinite_ok``; NaN never passes),
+    and a string that is empty or only spaces.
+    """
 
     section: ClassVar[str] = ""
+    #: float fields for which an infinite value means something (NaN is never allowed)
+    infinite_ok: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -93,7 +105,18 @@ class Checked:
                 raise ConfigError(f"{self._key(f.name)} must be {_type_name(tp)}, got {value!r}")
             if tp is float and isinstance(value, int):
                 object.__setattr__(self, f.name, float(value))
+            self._check_finite_and_nonempty(f.name, value)
         self._validate()
+
+    def _check_finite_and_nonempty(self, name: str, value: Any) -> None:
+        """Reject NaN/inf floats and blank strings in ``value`` (or in the tuple it is)."""
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                if not (math.isinf(item) and name in self.infinite_ok):
+                    raise ConfigError(f"{self._key(name)} must be a finite number, got {value!r}")
+            if isinstance(item, str) and not item.strip():
+                raise ConfigError(f"{self._key(name)} must not be empty, got {value!r}")
 
     def _key(self, name: str) -> str:
         return f"{self.section}.{name}" if self.section else name
@@ -463,6 +486,7 @@ class TaskConfig(Checked):
     """
 
     section: ClassVar[str] = "task"
+    infinite_ok: ClassVar[frozenset[str]] = frozenset({"stop_at"})  # any value > 1: never
 
     name: Literal["copy", "reverse", "associative", "facts"] = "copy"
     segments: int = 9
@@ -567,30 +591,47 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
         """Build and validate a run config from nested dicts (TOML or JSON)."""
-        if not isinstance(raw, dict):
-            raise ConfigError("a run config must be a table with [model], [train], [data]")
-        unknown = sorted(set(raw) - set(_SECTIONS))
-        if unknown:
-            raise ConfigError(f"unknown section {unknown[0]!r} (known: {', '.join(_SECTIONS)})")
-        sections: dict[str, dict[str, Any]] = {}
-        for key in _SECTIONS:
-            value = raw.get(key, {})
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key} must be a table, got {value!r}")
-            sections[key] = dict(value)
-        model_fields = sections["model"]
+        tables = section_tables(raw, sections=SECTIONS, what="a run config")
+        model_fields = dict(tables.get("model", {}))
         name = model_fields.pop("name", "transformer")
         if not isinstance(name, str):
             raise ConfigError(f"model.name must be str, got {name!r}")
         return cls(
             model=model_config(name, **model_fields),
-            train=construct(TrainConfig, sections["train"], section="train"),
-            data=construct(DataConfig, sections["data"], section="data"),
-            task=construct(TaskConfig, sections["task"], section="task") if "task" in raw else None,
+            train=construct(TrainConfig, tables.get("train", {}), section="train"),
+            data=construct(DataConfig, tables.get("data", {}), section="data"),
+            task=construct(TaskConfig, tables["task"], section="task")
+            if "task" in tables
+            else None,
         )
 
 
-_SECTIONS = ("model", "train", "data", "task")
+#: the tables of a language-model or task run's config
+SECTIONS = ("model", "train", "data", "task")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def section_tables(
+    raw: Any, *, sections: Sequence[str], what: str = "a config"
+) -> dict[str, dict[str, Any]]:
+    """``raw``'s tables (copies), after checking each is a known section and a table.
+
+    Raises:
+        ConfigError: ``raw`` is not a table, a section is unknown or not a table.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} must be a table of {', '.join(sections)}")
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r} (known: {', '.join(sections)})")
+    tables: dict[str, dict[str, Any]] = {}
+    for key, value in raw.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        tables[key] = dict(value)
+    return tables
 
 
 def _parse_value(text: str) -> Any:
@@ -601,7 +642,9 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+def parse_overrides(
+    items: Sequence[str], *, sections: Sequence[str] = SECTIONS
+) -> dict[str, dict[str, Any]]:
     """Turn ``["train.lr=1e-3", "model.name=rmt"]`` into ``{"train": {"lr": 0.001}, ...}``."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -609,17 +652,22 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        if section not in _SECTIONS:
-            raise ConfigError(f"unknown section in --set {item!r} (known: {', '.join(_SECTIONS)})")
+        if section not in sections:
+            raise ConfigError(f"unknown section in --set {item!r} (known: {', '.join(sections)})")
         out.setdefault(section, {})[name] = _parse_value(value.strip())
     return out
 
 
-def load_run_config(path: Path | str | None, *, overrides: list[str] | None = None) -> RunConfig:
-    """Read a TOML preset (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+def load_config_tables(
+    path: Path | str | None, *, overrides: Sequence[str] = (), sections: Sequence[str]
+) -> dict[str, Any]:
+    """THE config loader: a TOML preset (None: empty) with ``--set`` overrides applied.
+
+    Every kind of run reads its config through this; each maps the tables it gets to
+    its dataclasses (:meth:`RunConfig.from_dict`, ``ElectraRun.from_dict``).
 
     Raises:
-        ConfigError: missing file, TOML syntax error, unknown key, bad type or value.
+        ConfigError: missing or unreadable file, TOML syntax error, bad override.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -634,9 +682,22 @@ def load_run_config(path: Path | str | None, *, overrides: list[str] | None = No
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-    for section, values in parse_overrides(overrides or []).items():
+    for section, values in parse_overrides(overrides, sections=sections).items():
         current = raw.setdefault(section, {})
         if not isinstance(current, dict):
             raise ConfigError(f"{section} must be a table")
         current.update(values)
-    return RunConfig.from_dict(raw)
+    return raw
+
+
+def load_run_config(
+    path: Path | str | None, *, overrides: Sequence[str] | None = None
+) -> RunConfig:
+    """Read a TOML preset (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    Raises:
+        ConfigError: missing file, TOML syntax error, unknown key, bad type or value.
+    """
+    return RunConfig.from_dict(
+        load_config_tables(path, overrides=overrides or (), sections=SECTIONS)
+    )

@@ -20,10 +20,8 @@ from pathlib import Path
 
 import torch
 
-from memtx.config import RunConfig
-from memtx.electra import load_electra_run, pretrain
-from memtx.finetune import build_tasks, evaluate_downstream
-from memtx.train import prepare_data
+from memtx.data import prepare_data
+from memtx.electra import build_tasks, evaluate_downstream, load_electra_run, pretrain
 
 GRID = {
     "none": ["replay.enabled=false"],
@@ -44,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_electra_run(args.config)
-    data = prepare_data(RunConfig(data=base.data))
+    data = prepare_data(base.data)
     tasks = build_tasks(base.finetune, tokenizer=data.tokenizer)  # every run saves this one
     results = {}
     for name in args.settings:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from memtx.checkpoint import checkpoint_dirs
-from memtx.config import DataConfig, RunConfig
+from memtx.config import DataConfig
+from memtx.data import prepare_data
 from memtx.electra import (
     ElectraConfig,
     ElectraModel,
@@ -19,9 +20,8 @@ from memtx.electra import (
     load_pretrained,
     pretrain,
 )
+from memtx.electra.replay import ReplayBuffer, ReplayConfig
 from memtx.errors import ConfigError
-from memtx.replay import ReplayBuffer, ReplayConfig
-from memtx.train import prepare_data
 
 TINY = [
     "electra.seq_len=32",
@@ -54,7 +54,7 @@ SMALL = ElectraConfig(
 
 @pytest.fixture(scope="module")
 def shakespeare():
-    return prepare_data(RunConfig(data=DataConfig()))
+    return prepare_data(DataConfig())
 
 
 def _train_lines(run_dir: Path) -> list[dict]:

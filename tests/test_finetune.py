@@ -8,19 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from memtx.config import DataConfig, RunConfig
-from memtx.electra import ElectraConfig, ElectraModel, load_electra_run, pretrain
-from memtx.errors import ConfigError
-from memtx.finetune import (
+from memtx.config import DataConfig
+from memtx.data import prepare_data
+from memtx.electra import (
     ClassificationTask,
+    ElectraConfig,
+    ElectraModel,
     FinetuneConfig,
     build_task,
     evaluate_downstream,
     finetune_task,
+    load_electra_run,
     parse_speeches,
-    repro_tmr,
+    pretrain,
 )
-from memtx.train import prepare_data
+from memtx.errors import ConfigError
+from memtx.repro.tmr import repro_tmr
 
 PLAY = """\
 THE TRAGEDY OF A TEST
@@ -108,7 +111,7 @@ def test_speaker_parser_handles_every_edition_style() -> None:
 
 
 def test_speaker_parser_on_real_plays() -> None:
-    from memtx.finetune import _documents
+    from memtx.electra.tasks import _documents
 
     docs = _documents(["hamlet_gut", "othello_gut", "midsummer_nights_dream_gut"])
     tops = {}
@@ -200,7 +203,7 @@ play_names = ["hamlet_gut", "othello_gut"]
 """,
         encoding="utf-8",
     )
-    data = prepare_data(RunConfig(data=DataConfig()))
+    data = prepare_data(DataConfig())
     run = load_electra_run(preset)
     pretrain(run, out_dir=tmp_path / "run", data=data)
     results = evaluate_downstream(tmp_path / "run", seed=0)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from memtx.electra.replay import ReplayBuffer, ReplayConfig, replay_count, rtd_example_stats
 from memtx.errors import ConfigError, DataError
-from memtx.replay import ReplayBuffer, ReplayConfig, replay_count, rtd_example_stats
 
 LENGTH = 6
 

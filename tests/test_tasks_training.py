@@ -110,7 +110,7 @@ def test_source_length_curriculum_grows_the_source_at_fixed_segments(tmp_path: P
 
 
 def test_source_stages_shape_the_samples() -> None:
-    from memtx.sources import TaskSource
+    from memtx.training.sources import TaskSource
 
     cfg = load_run_config(
         None, overrides=[*TASK, "task.source_stages=[2, 5, 9]", "task.filler_at=start"]

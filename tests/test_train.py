@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from memtx.errors import ConfigError
-from memtx.train import evaluate_run, load_saved_run, lr_at, prepare_data, train
+from memtx.train import evaluate_run, load_saved_run, lr_schedule, prepare_data, train
 from tests.helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
 def shakespeare():
-    return prepare_data(tiny_run())
+    return prepare_data(tiny_run().data)
 
 
 def _train_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -90,10 +90,10 @@ def test_schedule_warms_up_then_decays() -> None:
     cfg = tiny_run(
         "train.steps=100", "train.warmup_steps=10", "train.lr=1.0", "train.min_lr_ratio=0.1"
     ).train
-    assert lr_at(0, cfg) == pytest.approx(0.1)
-    assert lr_at(9, cfg) == pytest.approx(1.0)
-    assert lr_at(100, cfg) == pytest.approx(0.1)
-    values = [lr_at(s, cfg) for s in range(10, 101)]
+    assert lr_schedule(cfg)(0) == pytest.approx(0.1)
+    assert lr_schedule(cfg)(9) == pytest.approx(1.0)
+    assert lr_schedule(cfg)(100) == pytest.approx(0.1)
+    values = [lr_schedule(cfg)(s) for s in range(10, 101)]
     assert all(a >= b for a, b in itertools.pairwise(values))
 
 

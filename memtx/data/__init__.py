@@ -10,6 +10,7 @@ from memtx.data.corpora import (
     load_splits,
     split_documents,
 )
+from memtx.data.prepared import PreparedData, no_corpus, prepare_data
 from memtx.data.streams import Batch, StreamLoader, as_rows, encode_documents
 from memtx.data.tokenizers import (
     BPETokenizer,
@@ -25,6 +26,7 @@ __all__ = [
     "Batch",
     "ByteTokenizer",
     "Document",
+    "PreparedData",
     "Splits",
     "StreamLoader",
     "Tokenizer",
@@ -34,5 +36,7 @@ __all__ = [
     "encode_documents",
     "load_splits",
     "load_tokenizer",
+    "no_corpus",
+    "prepare_data",
     "split_documents",
 ]

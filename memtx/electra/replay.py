@@ -405,6 +405,15 @@ class ReplayBuffer:
         self.total_added = int(meta["total_added"])
         self.max_priority = float(meta["max_priority"])
 
+    def state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """The buffer as a checkpoint part (:class:`memtx.training.Part`)."""
+        tensors, meta = self.state_dict(prefix="")
+        return meta, tensors
+
+    def load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        """Restore :meth:`state`'s output."""
+        self.load_state_dict(tensors, meta, prefix="")
+
     def save(self, directory: Path) -> None:
         """Write ``replay.safetensors`` and ``replay.json`` into ``directory``."""
         directory = Path(directory)

@@ -1,6 +1,6 @@
-"""Where the training loop's rollouts come from: text streams or synthetic tasks.
+"""Where language-model and task training's rollouts come from: text streams or tasks.
 
-The loop in :mod:`memtx.train` is the same for both; a source hands it batches, says
+Both are :class:`memtx.training.Source` s of the one loop: a source hands it batches, says
 when the memory must start fresh, validates a model, and (for tasks) runs the curriculum.
 
 - :class:`TextSource`: each batch row is one continuous stream of the corpus, so a row's
@@ -19,15 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from memtx.config import TaskConfig
 from memtx.data import StreamLoader
-from memtx.evaluate import evaluate_tokens
+from memtx.evaluate import evaluate_task, evaluate_tokens
 from memtx.models.protocol import SegmentModel
 
-__all__ = ["Batch", "TaskSource", "TextSource", "evaluate_task"]
+__all__ = ["Batch", "TaskSource", "TextSource"]
 
 
 @dataclass
@@ -227,52 +226,3 @@ class TaskSource:
         self.stage, self.stage_step = int(meta["stage"]), int(meta["stage_step"])
         self.solved = bool(meta.get("solved", False))
         self.generator.set_state(tensors["source.generator"].cpu())
-
-
-@torch.no_grad()
-def evaluate_task(
-    model: SegmentModel,
-    task: Any,
-    *,
-    samples: int,
-    device: torch.device | str,
-    seed: int,
-    batch_size: int = 64,
-) -> dict[str, float]:
-    """Answer loss, token accuracy and exact match on ``samples`` held-out samples.
-
-    Streams each sample segment by segment with the model's memory and scores only the
-    answer positions, so the cost in memory does not grow with the sample's length.
-    """
-    device = torch.device(device)
-    was_training = getattr(model, "training", False)
-    model.eval()  # type: ignore[attr-defined]
-    generator = torch.Generator().manual_seed(seed)
-    segment_len = model.config.segment_len
-    loss_sum, right, scored, exact, rows = 0.0, 0, 0, 0, 0
-    for start in range(0, samples, batch_size):
-        sample = task.sample(min(batch_size, samples - start), generator=generator)
-        inputs, targets = sample.inputs.to(device), sample.targets.to(device)
-        memory = model.init_memory(inputs.shape[0], device=device)
-        wrong = torch.zeros(inputs.shape[0], dtype=torch.long, device=device)
-        for offset in range(0, inputs.shape[1], segment_len):
-            out = model.step(inputs[:, offset : offset + segment_len], memory)
-            memory = out.memory
-            y = targets[:, offset : offset + segment_len]
-            scored_here = y != -100  # (B, L)
-            if not scored_here.any():
-                continue
-            logits = out.logits.float()
-            loss_sum += float(F.cross_entropy(logits[scored_here], y[scored_here], reduction="sum"))
-            hits = (logits.argmax(-1) == y) & scored_here
-            right += int(hits.sum())
-            scored += int(scored_here.sum())
-            wrong += (scored_here & ~hits).sum(1)
-        exact += int((wrong == 0).sum())
-        rows += inputs.shape[0]
-    model.train(was_training)  # type: ignore[attr-defined]
-    return {
-        "loss": loss_sum / max(scored, 1),
-        "token_accuracy": right / max(scored, 1),
-        "exact_match": exact / max(rows, 1),
-    }

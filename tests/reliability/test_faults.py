@@ -85,7 +85,7 @@ def test_sigkill_at_random_points_resumes_bit_identically(tmp_path: Path) -> Non
 
 
 def test_corrupt_newest_checkpoint_resumes_from_the_previous(tmp_path: Path) -> None:
-    data = prepare_data(tiny_run())
+    data = prepare_data(tiny_run().data)
     reference = tmp_path / "reference"
     train(tiny_run(), out_dir=reference, data=data, progress=False)
     out = tmp_path / "run"
@@ -127,7 +127,7 @@ def test_disk_full_during_save_keeps_previous(tmp_path: Path, monkeypatch) -> No
 
     import memtx.checkpoint as ckpt
 
-    data = prepare_data(tiny_run())
+    data = prepare_data(tiny_run().data)
     train(tiny_run("train.steps=4"), out_dir=tmp_path / "run", data=data, progress=False)
     real = ckpt.save_file
 

@@ -56,7 +56,7 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path: Path) -> None
 
 
 def test_nonfinite_loss_is_named_and_stops(tmp_path: Path, monkeypatch) -> None:
-    data = prepare_data(tiny_run())
+    data = prepare_data(tiny_run().data)
     import memtx.train as train_module
 
     real = train_module.from_config

@@ -1,0 +1,74 @@
+"""A corpus loaded, split by whole documents and tokenized: what every kind of run reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from memtx.config import DataConfig
+from memtx.data.corpora import load_splits
+from memtx.data.streams import encode_documents
+from memtx.data.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer
+
+__all__ = ["PreparedData", "no_corpus", "prepare_data"]
+
+
+@dataclass
+class PreparedData:
+    """Tokenized splits of a corpus, ready for the loop and evaluation.
+
+    Attributes:
+        tokenizer: what made the token ids.
+        train, valid, test: 1-D token ids of each split (documents joined).
+        bytes_per_token: text bytes per token of each split (bits per byte from bits
+            per token).
+    """
+
+    tokenizer: Tokenizer
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    bytes_per_token: dict[str, float]
+
+
+def prepare_data(config: DataConfig, *, tokenizer: Tokenizer | None = None) -> PreparedData:
+    """Load the corpus of ``config``, split it by whole documents, tokenize each split.
+
+    A BPE tokenizer is trained on the training split unless ``tokenizer`` is given
+    (a resumed or evaluated run passes the one saved with it).
+
+    Raises:
+        DataError: a corpus that cannot be found or read.
+    """
+    splits = load_splits(
+        config.corpus,
+        cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+        valid_fraction=config.valid_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.split_seed,
+    )
+    if tokenizer is None:
+        if config.tokenizer == "byte":
+            tokenizer = ByteTokenizer()
+        else:
+            tokenizer = build_tokenizer(
+                "bpe", train_texts=(d.data for d in splits.train), vocab_size=config.bpe_vocab_size
+            )
+    arrays: dict[str, np.ndarray] = {}
+    ratios: dict[str, float] = {}
+    for name in ("train", "valid", "test"):
+        docs = getattr(splits, name)
+        arrays[name] = encode_documents(docs, tokenizer)
+        n_bytes = sum(len(d.data) for d in docs) + 2 * max(len(docs) - 1, 0)
+        ratios[name] = n_bytes / max(len(arrays[name]), 1)
+    return PreparedData(tokenizer, arrays["train"], arrays["valid"], arrays["test"], ratios)
+
+
+def no_corpus() -> PreparedData:
+    """What a run that reads no corpus has (synthetic tasks): byte tokens, empty splits."""
+    empty = np.zeros(0, dtype=np.uint16)
+    return PreparedData(
+        ByteTokenizer(), empty, empty, empty, {"train": 1.0, "valid": 1.0, "test": 1.0}
+    )
