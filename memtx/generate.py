@@ -1,16 +1,18 @@
 """Streaming generation with constant memory, for every model.
 
-A prompt of any length is consumed segment by segment into the memory; tokens are then
-produced inside the current segment with a key/value cache (``begin_decode`` /
-``decode``, where the model has them); when the segment is full it is committed to the
-memory with ``advance`` (for Memformer: encoded and written into the slots; for RMT:
-read and written through the memory tokens, never with empty write slots appended to a
-partial prompt) and a new segment starts. Models without a cached path are recomputed
-over the current segment for each token, which gives the same tokens.
+A prompt of any length is read segment by segment into the memory (by
+:func:`memtx.recurrence.stream`, the one no-grad segment walk); tokens are then produced
+inside the current segment with a key/value cache (the model's ``cached_decoder()``,
+where it has one); when the segment is full it is committed to the memory with
+``advance`` (for Memformer: encoded and written into the slots; for RMT: read and
+written through the memory tokens, never with empty write slots appended to a partial
+prompt) and a new segment starts. Models without a cached path are recomputed over the
+current segment for each token, which gives the same tokens.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ import torch
 from torch import Tensor
 
 from memtx.errors import DataError
-from memtx.models.protocol import DecodeState, Memory, SegmentModel
+from memtx.models.protocol import CachedDecoding, DecodeState, Memory, SegmentModel
+from memtx.recurrence import stream
 
 __all__ = ["Sampler", "generate", "generate_text"]
 
@@ -39,8 +42,8 @@ class Sampler:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise DataError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise DataError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise DataError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -71,7 +74,7 @@ class _Segment:
     def __init__(self, model: SegmentModel, memory: Memory, *, use_cache: bool) -> None:
         self.model = model
         self.memory = memory
-        self.cached = use_cache and bool(getattr(model, "can_decode", False))
+        self.decoder: CachedDecoding | None = model.cached_decoder() if use_cache else None
         self.tokens: Tensor | None = None
         self.state: DecodeState | None = None
 
@@ -82,10 +85,10 @@ class _Segment:
     def extend(self, tokens: Tensor) -> Tensor:
         """Append ``tokens`` [B, n]; return the logits at the last position [B, V]."""
         self.tokens = tokens if self.tokens is None else torch.cat([self.tokens, tokens], 1)
-        if self.cached:
+        if self.decoder is not None:
             if self.state is None:
-                self.state = self.model.begin_decode(self.memory)  # type: ignore[attr-defined]
-            logits, self.state = self.model.decode(tokens, self.state)  # type: ignore[attr-defined]
+                self.state = self.decoder.begin_decode(self.memory)
+            logits, self.state = self.decoder.decode(tokens, self.state)
         else:
             logits = self.model.step(self.tokens, self.memory).logits
         return logits[:, -1]
@@ -135,16 +138,18 @@ def generate(
     segment_len = model.config.segment_len
     device = prompt.device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    was_training = getattr(model, "training", False)
-    model.eval()  # type: ignore[attr-defined]
+    was_training = model.training
+    model.eval()
     try:
-        segment = _Segment(
-            model, model.init_memory(prompt.shape[0], device=device), use_cache=use_cache
-        )
-        # The prompt: full segments go into the memory; the rest starts the current one.
+        memory = model.init_memory(prompt.shape[0], device=device)
+        # The prompt: its full segments go into the memory; the rest (1 to segment_len
+        # tokens, never none: its last position predicts the first new token) starts the
+        # segment being generated, which grows until it is full and only then is committed.
         last = (prompt.shape[1] - 1) // segment_len * segment_len
-        for start in range(0, last, segment_len):
-            segment.memory = model.advance(prompt[:, start : start + segment_len], segment.memory)
+        if last:
+            for _, read in stream(model, prompt[:, :last], memory):
+                memory = read.memory
+        segment = _Segment(model, memory, use_cache=use_cache)
         logits = segment.extend(prompt[:, last:])
         out = [prompt]
         for _ in range(max_new_tokens):
@@ -156,7 +161,7 @@ def generate(
                 segment.commit()
             logits = segment.extend(token)
     finally:
-        model.train(was_training)  # type: ignore[attr-defined]
+        model.train(was_training)
     return torch.cat(out, dim=1)
 
 
@@ -178,7 +183,8 @@ def generate_text(
     one of ``stop`` (the stop string is not included in the result).
 
     Raises:
-        DataError: an empty prompt, ``max_new_tokens`` < 0, a bad sampling setting.
+        DataError: an empty prompt, ``max_new_tokens`` < 1, a seed torch cannot take, a
+            bad sampling setting.
         ConfigError: a run folder without a checkpoint.
     """
     from memtx.data import load_tokenizer
@@ -187,8 +193,10 @@ def generate_text(
     if not prompt:
         raise DataError("the prompt is empty; give at least one character to continue from")
     sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise DataError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise DataError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if seed is not None and not -(2**63) <= seed < 2**64:  # what torch.Generator accepts
+        raise DataError(f"--seed must be in [-2**63, 2**64), got {seed}")
     _, model = load_trained(Path(run_dir))
     tokenizer = load_tokenizer(Path(run_dir))
     ids = torch.from_numpy(tokenizer.encode(prompt).astype("int64"))[None]

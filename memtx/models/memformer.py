@@ -60,9 +60,10 @@ from torch import Tensor, nn
 from memtx.config import MemformerConfig
 from memtx.errors import DataError
 from memtx.models.protocol import (
+    CachedDecoding,
     DecodeState,
-    SegmentLM,
     StepOutput,
+    TiedLM,
     cache_mask,
     check_memory_tensor,
     check_memory_type,
@@ -135,7 +136,7 @@ class SlotWriter(nn.Module):
         return new_slots, attention
 
 
-class Memformer(SegmentLM):
+class Memformer(TiedLM):
     """Memformer language model over segments; memory = :class:`MemformerMemory`.
 
     ``aux["write_attention"]`` ([B, heads, memory_slots, 1 + segment_len], detached) is the
@@ -409,6 +410,10 @@ class Memformer(SegmentLM):
         return self._next_memory(tokens, slots)
 
     # ----------------------------------------------------------------------- generation
+
+    def cached_decoder(self) -> CachedDecoding:
+        """Generation with a KV cache: :meth:`begin_decode` / :meth:`decode`."""
+        return self
 
     def begin_decode(self, memory: MemformerMemory) -> DecodeState:
         """Encode the previous segment once; the new segment then decodes against it."""

@@ -46,6 +46,8 @@ class SegmentModel(Protocol):
     config: ModelConfig
     #: whether gradients flow through the memory (False: stop-gradient, e.g. Transformer-XL)
     memory_carries_grad: bool
+    #: train/eval mode (a model is an ``nn.Module``; dropout follows this flag)
+    training: bool
 
     def init_memory(self, batch_size: int, *, device: torch.device | str | None = None) -> Memory:
         """The memory before the first segment, for ``batch_size`` streams."""
@@ -57,6 +59,18 @@ class SegmentModel(Protocol):
 
     def advance(self, tokens: Tensor, memory: Memory) -> Memory:
         """Only the next memory (the "critical path"; MRBP's no-grad pass uses it)."""
+        ...
+
+    def cached_decoder(self) -> CachedDecoding | None:
+        """The model's cached decoding, or None where generation recomputes the segment."""
+        ...
+
+    def train(self, mode: bool = True) -> Any:
+        """Set train (True) or eval (False) mode, as ``nn.Module.train``."""
+        ...
+
+    def eval(self) -> Any:
+        """Set eval mode, as ``nn.Module.eval``."""
         ...
 
 
@@ -77,6 +91,24 @@ class DecodeState:
     context: Tensor | None = None
     context_mask: Tensor | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
+
+
+class CachedDecoding(Protocol):
+    """Generation inside a segment with a key/value cache: the logits of ``step``, cheaper.
+
+    ``begin_decode(memory)`` starts an empty segment after ``memory``; each ``decode``
+    appends tokens to it and returns their logits, equal to ``step``'s logits at those
+    positions of the whole segment (the contract suite checks it). The segment is
+    committed to the memory with the model's ``advance``, as without a cache.
+    """
+
+    def begin_decode(self, memory: Memory) -> DecodeState:
+        """A segment of no tokens yet, reading ``memory``."""
+        ...
+
+    def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, and its new state."""
+        ...
 
 
 def cache_mask(past: int, new: int, *, prefix: int = 0, device: torch.device) -> Tensor | None:
@@ -228,10 +260,11 @@ def check_memory_tensor(
 
 
 class SegmentLM(nn.Module):
-    """Shared plumbing of our models: tied token embedding and output head, validation.
+    """Shared plumbing of every model here: validation, ``advance``, the decoder declaration.
 
     Subclasses implement ``init_memory``, ``step`` and, when cheaper than ``step``,
-    ``advance``.
+    ``advance``; a model with cached generation returns itself (or a helper) from
+    :meth:`cached_decoder`.
     """
 
     config: ModelConfig
@@ -248,35 +281,22 @@ class SegmentLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.embed_dropout = nn.Dropout(config.dropout)
-        self.ln_out = nn.LayerNorm(config.d_model)
 
     def init_weights(self) -> None:
-        """GPT-2-style init: N(0, 0.02) for matrices and embeddings, zeros for biases."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
-
-    def embed_tokens(self, tokens: Tensor) -> Tensor:
-        """[B, L] ids -> [B, L, d]."""
-        return self.embed_dropout(self.embed(tokens))
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        """[B, L, d] -> [B, L, V] through the final LayerNorm and the tied embedding."""
-        return self.ln_out(hidden) @ self.embed.weight.t()
+        """GPT-2-style init of every submodule (see :func:`init_gpt2_weights`)."""
+        init_gpt2_weights(self)
 
     def check_tokens(self, tokens: Any) -> None:
         check_tokens(tokens, vocab_size=self.config.vocab_size, segment_len=self.config.segment_len)
 
+    def cached_decoder(self) -> CachedDecoding | None:
+        """The model's cached decoding; None (the default): generation recomputes segments."""
+        return None
+
     @property
     def can_decode(self) -> bool:
-        """Whether ``begin_decode`` / ``decode`` (generation with a KV cache) are available."""
-        return hasattr(self, "begin_decode")
+        """Whether :meth:`cached_decoder` gives generation with a KV cache."""
+        return self.cached_decoder() is not None
 
     def check_decode(self, tokens: Any, state: DecodeState) -> None:
         """Validate tokens appended to a segment being generated."""
@@ -289,7 +309,7 @@ class SegmentLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.embed.weight.device
+        return next(self.parameters()).device
 
     def advance(self, tokens: Tensor, memory: Memory) -> Memory:
         """The next memory; models with a cheaper critical path override this."""
@@ -297,3 +317,36 @@ class SegmentLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class TiedLM(SegmentLM):
+    """A :class:`SegmentLM` with a token embedding tied to its output head (after a LayerNorm)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.ln_out = nn.LayerNorm(config.d_model)
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """[B, L] ids -> [B, L, d]."""
+        return self.embed_dropout(self.embed(tokens))
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """[B, L, d] -> [B, L, V] through the final LayerNorm and the tied embedding."""
+        return self.ln_out(hidden) @ self.embed.weight.t()
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+
+def init_gpt2_weights(module: nn.Module) -> None:
+    """GPT-2-style init: N(0, 0.02) for matrices and embeddings, zeros for biases."""
+    for part in module.modules():
+        if isinstance(part, nn.Linear):
+            nn.init.normal_(part.weight, std=0.02)
+            if part.bias is not None:
+                nn.init.zeros_(part.bias)
+        elif isinstance(part, nn.Embedding):
+            nn.init.normal_(part.weight, std=0.02)

@@ -68,9 +68,10 @@ from torch import Tensor, nn
 from memtx.config import RMTConfig
 from memtx.errors import ConfigError, DataError
 from memtx.models.protocol import (
+    CachedDecoding,
     DecodeState,
-    SegmentLM,
     StepOutput,
+    TiedLM,
     cache_mask,
     check_memory_tensor,
     check_memory_type,
@@ -135,7 +136,7 @@ def rmt_attention_mask(
     return allowed
 
 
-class RMT(SegmentLM):
+class RMT(TiedLM):
     """Recurrent Memory Transformer over one segment; memory = :class:`RMTMemory`.
 
     See the module docstring for the layout, the mask and the two backbones.
@@ -310,10 +311,9 @@ class RMT(SegmentLM):
 
     # ------------------------------------------------------------------ generation
 
-    @property
-    def can_decode(self) -> bool:
+    def cached_decoder(self) -> CachedDecoding | None:
         """The builtin backbone decodes with a KV cache; HF backbones are recomputed."""
-        return self.hf is None
+        return self if self.hf is None else None
 
     def begin_decode(self, memory: RMTMemory) -> DecodeState:
         """Run the read memory once as a cached prefix (read slots see only each other).

@@ -8,16 +8,17 @@ from torch import Tensor, nn
 from memtx.config import TransformerConfig
 from memtx.errors import DataError
 from memtx.models.protocol import (
+    CachedDecoding,
     DecodeState,
-    SegmentLM,
     StepOutput,
+    TiedLM,
     cache_mask,
     check_memory_tensor,
 )
 from memtx.modules import Block, RotaryEmbedding, decode_blocks
 
 
-class Transformer(SegmentLM):
+class Transformer(TiedLM):
     """Pre-LN causal transformer with rotary positions restarting at every segment.
 
     Memory: an empty tensor [B, 0] (nothing is carried; it only fixes the batch size).
@@ -48,6 +49,10 @@ class Transformer(SegmentLM):
         for block in self.blocks:
             x = block(x, is_causal=True, rotary=rotary)
         return StepOutput(self.logits(x), memory)
+
+    def cached_decoder(self) -> CachedDecoding:
+        """Generation with a KV cache: :meth:`begin_decode` / :meth:`decode`."""
+        return self
 
     def begin_decode(self, memory: Tensor) -> DecodeState:
         """An empty segment to generate into (nothing is carried between segments)."""

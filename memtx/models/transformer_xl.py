@@ -22,9 +22,10 @@ from torch import Tensor, nn
 from memtx.config import TransformerXLConfig
 from memtx.errors import DataError
 from memtx.models.protocol import (
+    CachedDecoding,
     DecodeState,
-    SegmentLM,
     StepOutput,
+    TiedLM,
     check_memory_tensor,
     check_memory_type,
     register_batch_dims,
@@ -105,7 +106,7 @@ class RelativeAttentionLayer(nn.Module):
         return self.attend(x, h, k, v, distances=distances, allowed=allowed)
 
 
-class TransformerXL(SegmentLM):
+class TransformerXL(TiedLM):
     """Transformer-XL language model over segments, memory = :class:`XLMemory`."""
 
     memory_carries_grad = False  # the cache is stop-gradient by definition
@@ -163,6 +164,10 @@ class TransformerXL(SegmentLM):
         return StepOutput(self.logits(x), XLMemory(next_states, valid))
 
     # ----------------------------------------------------------------------- generation
+
+    def cached_decoder(self) -> CachedDecoding:
+        """Generation with a KV cache: :meth:`begin_decode` / :meth:`decode`."""
+        return self
 
     def begin_decode(self, memory: XLMemory) -> DecodeState:
         """Keys and values of the cached states, once; the segment then grows on them."""
