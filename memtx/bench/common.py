@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 
+from memtx.config import TrainConfig
+
 __all__ = [
+    "GRAD_CLIP",
     "count_flops",
     "markdown_table",
     "max_rss_mb",
@@ -23,6 +26,10 @@ __all__ = [
     "report_worker",
     "run_json_worker",
 ]
+
+#: The gradient clip of memtx's timed updates (``memtx.training.apply_update``): that of
+#: ``memtx train`` by default, so a benchmark's step is the loop's step.
+GRAD_CLIP: float = TrainConfig.grad_clip
 
 
 def max_rss_mb() -> float:

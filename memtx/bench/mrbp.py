@@ -4,9 +4,10 @@ The paper's Table (12 layers, width 512, 32 slots, rollout 4): full BPTT 16,177 
 speed x1.00, gradient checkpointing 9,885 MB at x0.48, MRBP 7,229 MB at x0.90; rollout 16
 adds only 62 MB to MRBP. This benchmark trains a Memformer for a few steps with each
 strategy and rollout and records peak memory and time per training step (forward +
-backward + AdamW step), with a loss on every segment (sum of per-segment mean
-cross-entropy) over random byte tokens. The memory carries over from one step to the
-next (detached), as in training, so the numbers are those of the steady state.
+backward + the loop's update, ``memtx.training.apply_update``: clip + AdamW), with a
+loss on every segment (sum of per-segment mean cross-entropy) over random byte tokens.
+The memory carries over from one step to the next (detached), as in training, so the
+numbers are those of the steady state.
 
 Strategies:
 
@@ -37,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from memtx.bench.common import max_rss_mb, run_json_worker
+from memtx.bench.common import GRAD_CLIP, max_rss_mb, run_json_worker
 
 STRATEGIES: tuple[str, ...] = ("full", "checkpoint", "mrbp")
 VOCAB_SIZE = 256  # random bytes
@@ -116,6 +117,7 @@ def run_worker(
     from memtx.models.protocol import detach_memory
     from memtx.recurrence import rollout as driver_rollout
     from memtx.recurrence import split_segments
+    from memtx.training import apply_update
 
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
@@ -183,7 +185,7 @@ def run_worker(
                 strategy=strategy,
             )
             carried["memory"], loss = result.memory, result.loss
-        optimizer.step()
+        apply_update(model, optimizer, grad_clip=GRAD_CLIP, loss=float(loss))
         return float(loss)
 
     def sync() -> None:

@@ -3,7 +3,8 @@
 Side by side in one run, each row in its own process (so its peak RSS is its own): memtx's
 Memformer and RMT, lucidrains' ``memformer==0.3.1`` and
 ``recurrent-memory-transformer-pytorch==0.7.0``. Every row is a full training step (the
-rollout's forward and backward + AdamW) on random tokens of the reference config (vocab
+rollout's forward and backward + AdamW; memtx rows update through the training loop's
+``memtx.training.apply_update``, which clips first) on random tokens of the reference config (vocab
 256, width 256, 4 heads of 64, FFN 1024, segment 128, batch 8, rollout 8; Memformer 2
 encoder + 4 decoder blocks and 32 slots; RMT 6 blocks and 16 memory tokens). Reported:
 tokens/s, seconds per step, FLOPs per step (``FlopCounterMode``, one step) and achieved
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from memtx.bench.common import (
+    GRAD_CLIP,
     count_flops,
     markdown_table,
     max_rss_mb,
@@ -208,6 +210,10 @@ def _notes(s: PeerSizes) -> dict[str, list[str]]:
             "Peak MB: the worker process's peak RSS (Python, torch, the weights and AdamW "
             "state included; compare rows); 'after build' is the RSS after building the "
             "model and the optimizer, before the first step.",
+            "The update: memtx rows take the training loop's own "
+            f"(`memtx.training.apply_update`: global-norm clip to {GRAD_CLIP:g}, then AdamW); "
+            "the peer rows call their optimizer's `step()` with no clip. The clip is one "
+            "pass over the gradients, a small share of a step.",
         ],
     }
 
@@ -231,6 +237,7 @@ def _memtx_trainer(spec: RowSpec, sizes: PeerSizes) -> _Trainer:
 
     import memtx
     from memtx.recurrence import rollout
+    from memtx.training import apply_update
 
     fields: dict[str, Any] = {
         "vocab_size": sizes.vocab_size,
@@ -260,8 +267,8 @@ def _memtx_trainer(spec: RowSpec, sizes: PeerSizes) -> _Trainer:
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         memory = model.init_memory(batch)
-        rollout(model, inputs, targets, memory, loss_fn=loss_fn, strategy=spec.strategy)
-        optimizer.step()
+        result = rollout(model, inputs, targets, memory, loss_fn=loss_fn, strategy=spec.strategy)
+        apply_update(model, optimizer, grad_clip=GRAD_CLIP, loss=float(result.loss))
 
     return _Trainer(model, step, tokens_per_step=count, scored_per_step=count)
 

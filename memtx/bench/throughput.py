@@ -1,7 +1,8 @@
 """Training throughput and model FLOP utilisation of one configuration, and the matmul peak.
 
 ``measure_training(...)`` times full training steps (rollout forward + backward through
-the driver + AdamW) on random tokens, counts the FLOPs of one step with
+the driver + the loop's update, ``memtx.training.apply_update``: clip + AdamW) on random
+tokens, counts the FLOPs of one step with
 ``torch.utils.flop_counter.FlopCounterMode`` (plus CPU attention, which it skips),
 and reports tokens/s, achieved FLOP/s and
 its fraction of ``peak_flops`` (measured by ``measure_matmul_peak`` when not given).
@@ -21,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 import memtx
-from memtx.bench.common import count_flops
+from memtx.bench.common import GRAD_CLIP, count_flops
 from memtx.recurrence import rollout
+from memtx.training import apply_update
 
 __all__ = ["REFERENCE", "measure_matmul_peak", "measure_training"]
 
@@ -96,7 +98,7 @@ def measure_training(
     def one_step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            rollout(
+            result = rollout(
                 model,
                 inputs,
                 targets,
@@ -104,7 +106,7 @@ def measure_training(
                 loss_fn=loss_fn,
                 strategy=strategy,
             )
-        optimizer.step()
+        apply_update(model, optimizer, grad_clip=GRAD_CLIP, loss=float(result.loss))
 
     for _ in range(warmup):
         one_step()
