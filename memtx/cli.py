@@ -204,17 +204,28 @@ def demo(
 @guarded
 def pretrain(
     out: Annotated[Path, typer.Option(help="Run folder to create (or resume).")],
-    config: Annotated[Path, typer.Option(help="ELECTRA preset.")] = Path(
-        "configs/electra-small.toml"
-    ),
+    config: Annotated[
+        Optional[Path], typer.Option(help="ELECTRA preset (default configs/electra-small.toml).")
+    ] = None,
     set_: SetOption = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out from its last checkpoint.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """ELECTRA pre-training, with the TMR replay buffer unless --set replay.enabled=false."""
 
     from memtx.electra import pretrain_from_config
 
-    summary = pretrain_from_config(config, overrides=set_ or [], out_dir=out, progress=progress)
+    if resume and config is not None:
+        _fail("--resume uses the config saved in --out; drop --config")
+    summary = pretrain_from_config(
+        config or Path("configs/electra-small.toml"),
+        overrides=set_ or [],
+        out_dir=out,
+        progress=progress,
+        resume=resume,
+    )
     typer.echo(json.dumps(summary, default=str))
 
 

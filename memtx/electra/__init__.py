@@ -4,7 +4,9 @@
 - :mod:`memtx.electra.model`: generator and discriminator sharing one embedding;
 - :mod:`memtx.electra.data`: random pre-training windows;
 - :mod:`memtx.electra.replay`: the prioritized replay buffer (Transformer with Memory Replay);
-- :mod:`memtx.electra.pretrain`: the pre-training step function and run over the one loop;
+- :mod:`memtx.electra.step`: the pre-training step function;
+- :mod:`memtx.electra.pretrain`: the pre-training run over the one loop;
+- :mod:`memtx.electra.evaluate`: held-out RTD, and replay's overhead per step;
 - :mod:`memtx.electra.tasks`: downstream classification tasks from the plays;
 - :mod:`memtx.electra.finetune`: fine-tuning the discriminator, a recipe over the one loop.
 
@@ -21,6 +23,7 @@ from memtx.electra.config import (
     load_electra_run,
 )
 from memtx.electra.data import WindowSampler
+from memtx.electra.evaluate import evaluate_rtd, measure_replay_overhead
 from memtx.electra.finetune import (
     SequenceClassifier,
     TaskResult,
@@ -28,18 +31,9 @@ from memtx.electra.finetune import (
     finetune_task,
 )
 from memtx.electra.model import Corruption, Discriminator, ElectraModel, Generator
-from memtx.electra.pretrain import (
-    ElectraStep,
-    PretrainResult,
-    StepStats,
-    electra_step,
-    evaluate_rtd,
-    load_pretrained,
-    measure_replay_overhead,
-    pretrain,
-    pretrain_from_config,
-)
+from memtx.electra.pretrain import PretrainResult, load_pretrained, pretrain, pretrain_from_config
 from memtx.electra.replay import ReplayBuffer, ReplayConfig, replay_count, rtd_example_stats
+from memtx.electra.step import ElectraStep, StepStats, electra_step
 from memtx.electra.tasks import ClassificationTask, Speech, build_task, build_tasks, parse_speeches
 
 __all__ = [

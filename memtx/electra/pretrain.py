@@ -24,29 +24,26 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memtx import distributed
 from memtx.checkpoint import atomic_write_text, load_latest
 from memtx.data import PreparedData, load_tokenizer, prepare_data
 from memtx.electra.config import SECTIONS, ElectraRun, load_electra_run
-from memtx.electra.data import WindowSampler, evenly_spaced_windows
+from memtx.electra.data import WindowSampler
+from memtx.electra.evaluate import evaluate_rtd
 from memtx.electra.model import ElectraModel
-from memtx.electra.replay import ReplayBuffer, ReplayConfig, replay_count, rtd_example_stats
+from memtx.electra.replay import ReplayBuffer, ReplayConfig, replay_count
+from memtx.electra.step import ElectraStep, StepStats, electra_step
 from memtx.errors import ConfigError
 from memtx.training import (
     LoopConfig,
     RunFolder,
-    StepOutcome,
-    apply_update,
     build_optimizer,
     cosine_schedule,
     fit,
@@ -62,207 +59,10 @@ __all__ = [
     "PretrainSource",
     "StepStats",
     "electra_step",
-    "evaluate_rtd",
     "load_pretrained",
-    "measure_replay_overhead",
     "pretrain",
     "pretrain_from_config",
 ]
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate_rtd(
-    model: ElectraModel,
-    tokens: np.ndarray,
-    *,
-    examples: int,
-    seed: int,
-    batch_size: int = 64,
-) -> dict[str, float]:
-    """Replaced-token detection on fixed held-out windows, corrupted by the model's generator.
-
-    Returns:
-        ``rtd_accuracy`` (all tokens), ``rtd_replaced_recall`` (replaced tokens found),
-        ``rtd_loss`` (mean BCE), ``replaced_fraction`` and ``generator_loss``.
-    """
-    cfg = model.config
-    was_training = model.training
-    model.eval()
-    device = model.device
-    windows = evenly_spaced_windows(tokens, seq_len=cfg.seq_len, count=examples)
-    rng = torch.Generator(device=device).manual_seed(seed)
-    correct = total = found = replaced = 0
-    loss_sum = gen_sum = 0.0
-    for start in range(0, len(windows), batch_size):
-        ids = windows[start : start + batch_size].to(device)
-        corruption = model.corrupt(ids, generator=rng)
-        logits = model.discriminator(corruption.inputs)  # (b, L)
-        labels = corruption.labels
-        predicted = logits > 0
-        correct += int((predicted == labels).sum())
-        total += labels.numel()
-        found += int((predicted & labels).sum())
-        replaced += int(labels.sum())
-        loss_sum += float(
-            F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum")
-        )
-        gen_sum += float(corruption.generator_loss) * ids.shape[0]
-    model.train(was_training)
-    return {
-        "rtd_accuracy": correct / total,
-        "rtd_replaced_recall": found / max(replaced, 1),
-        "rtd_loss": loss_sum / total,
-        "replaced_fraction": replaced / total,
-        "generator_loss": gen_sum / len(windows),
-    }
-
-
-# --------------------------------------------------------------------------- the step
-
-
-class StepStats(NamedTuple):
-    """What one :func:`electra_step` did (figures on the fresh rows unless said otherwise).
-
-    Attributes:
-        generator_loss: the generator's MLM loss.
-        rtd_loss: mean discriminator BCE on the fresh examples (unweighted).
-        rtd_accuracy: token accuracy of the discriminator on the fresh examples.
-        replaced_fraction: share of fresh tokens that the generator really replaced.
-        replayed: replayed examples in the discriminator batch.
-        replay_seconds: wall-clock seconds spent in the buffer (sample, add, update).
-    """
-
-    generator_loss: float
-    rtd_loss: float
-    rtd_accuracy: float
-    replaced_fraction: float
-    replayed: int
-    replay_seconds: float
-
-    def to_dict(self) -> dict[str, float | int]:
-        return self._asdict()
-
-
-class ElectraStep:
-    """The step function of ELECTRA pre-training over :func:`memtx.training.fit`.
-
-    Corrupt the fresh ``ids`` [B, L] with the generator; if the buffer holds at least
-    ``min_fill`` examples, append ``replayed_rows`` replayed ones; one discriminator
-    forward scores all rows; ``loss = L_mlm + weight * L_rtd`` with replayed rows scaled
-    by their importance weights; one backward. Once the loop accepts the update, the
-    replayed rows' priorities are refreshed and the fresh rows added to the buffer, both
-    from that same forward pass. It also keeps the run's totals for its result.
-    """
-
-    def __init__(
-        self,
-        model: ElectraModel,
-        *,
-        buffer: ReplayBuffer | None,
-        replayed_rows: int,
-        beta: Callable[[int], float],
-    ) -> None:
-        self.model = model
-        self.buffer = buffer
-        self.replayed_rows = replayed_rows
-        self.beta = beta
-        self.replayed = 0  # replayed examples over the accepted steps
-        self.replay_seconds = 0.0  # time spent in the buffer over the accepted steps
-        self.recent_rtd: list[float] = []  # the last 10 accepted steps' RTD loss
-
-    def __call__(self, ids: Tensor, *, step: int) -> StepOutcome:
-        model, buffer = self.model, self.buffer
-        ids = ids.to(model.device)
-        corruption = model.corrupt(ids)
-        inputs, labels = corruption.inputs, corruption.labels
-        fresh = ids.shape[0]
-        seconds = 0.0
-        sample = None
-        if buffer is not None and self.replayed_rows and len(buffer) >= buffer.config.min_fill:
-            mark = time.perf_counter()
-            sample = buffer.sample(self.replayed_rows, beta=self.beta(step), device=ids.device)
-            seconds += time.perf_counter() - mark
-            inputs = torch.cat([inputs, sample.ids])  # (B + R, L)
-            labels = torch.cat([labels, sample.labels])
-        logits = model.discriminator(inputs)  # (B + R, L)
-        losses, grad_norms = rtd_example_stats(logits, labels, torch.ones_like(labels))  # (B + R,)
-        if sample is not None:
-            # Importance weights undo the bias of prioritized sampling.
-            weights = torch.cat([losses.new_ones(fresh), sample.weights.to(losses.dtype)])
-            rtd_loss = (weights * losses).sum() / losses.shape[0]
-        else:
-            rtd_loss = losses.mean()
-        loss = corruption.generator_loss + model.config.discriminator_weight * rtd_loss
-        loss.backward()
-        detached = losses.detach()
-        with torch.no_grad():
-            accuracy = ((logits[:fresh] > 0) == labels[:fresh]).float().mean()
-        replayed = 0 if sample is None else sample.indices.numel()
-        metrics = {
-            "generator_loss": float(corruption.generator_loss.detach()),
-            "rtd_loss": float(detached[:fresh].mean()),
-            "rtd_accuracy": float(accuracy),
-            "replaced_fraction": float(labels[:fresh].float().mean()),
-            "replayed": float(replayed),
-            "replay_seconds": seconds,
-        }
-
-        def commit() -> None:
-            if buffer is not None:
-                mark = time.perf_counter()
-                # Priorities from this step's own forward pass: no extra pass.
-                if sample is not None:
-                    buffer.update(
-                        sample.indices, losses=detached[fresh:], grad_norms=grad_norms[fresh:]
-                    )
-                buffer.add(
-                    ids=corruption.inputs,
-                    labels=corruption.labels,
-                    losses=detached[:fresh],
-                    grad_norms=grad_norms[:fresh],
-                )
-                metrics["replay_seconds"] += time.perf_counter() - mark
-            self.replayed += replayed
-            self.replay_seconds += metrics["replay_seconds"]
-            self.recent_rtd = [*self.recent_rtd[-9:], metrics["rtd_loss"]]
-
-        return StepOutcome(loss=loss.detach(), metrics=metrics, tokens=fresh, commit=commit)
-
-
-def electra_step(
-    model: ElectraModel,
-    optimizer: torch.optim.Optimizer,
-    ids: Tensor,
-    *,
-    buffer: ReplayBuffer | None,
-    replayed_rows: int,
-    beta: float,
-    grad_clip: float,
-) -> StepStats:
-    """One pre-training step on fresh ``ids`` [B, L] outside the loop (its update included).
-
-    What :class:`ElectraStep` and the loop's :func:`~memtx.training.apply_update` do for
-    one batch; the replay overhead measurement times exactly this.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    outcome = ElectraStep(model, buffer=buffer, replayed_rows=replayed_rows, beta=lambda _: beta)(
-        ids, step=0
-    )
-    apply_update(model, optimizer, grad_clip=grad_clip, loss=float(outcome.loss))
-    assert outcome.commit is not None
-    outcome.commit()
-    metrics = outcome.metrics
-    return StepStats(
-        generator_loss=metrics["generator_loss"],
-        rtd_loss=metrics["rtd_loss"],
-        rtd_accuracy=metrics["rtd_accuracy"],
-        replaced_fraction=metrics["replaced_fraction"],
-        replayed=int(metrics["replayed"]),
-        replay_seconds=metrics["replay_seconds"],
-    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -479,77 +279,6 @@ def pretrain(
     if result.complete and ctx.is_main:
         atomic_write_text(out_dir / "result.json", json.dumps(summary.summary(), indent=1) + "\n")
     return summary
-
-
-def measure_replay_overhead(
-    run: ElectraRun, *, data: PreparedData, rounds: int = 30, warmup: int = 4
-) -> dict[str, float]:
-    """Paired timing of a pre-training step without and with replay, on the same batches.
-
-    Two identical models (same seed) train side by side in this process, alternating one
-    step each on the same fresh batch, so a load that drifts over time (a shared machine)
-    hits both alike. Each step is :func:`electra_step`: the loop's step function and its
-    update. The buffer is filled to ``min_fill`` first (those steps untimed).
-
-    Returns:
-        ``baseline_ms`` and ``replay_ms`` (median step), ``overhead_pct`` (their ratio - 1,
-        in %), ``bookkeeping_ms`` (median time in the buffer per replay step) and
-        ``bookkeeping_pct`` (of the baseline step).
-    """
-    cfg = run.pretrain
-    device = resolve_device(cfg.device)
-    electra = dataclasses.replace(run.electra, vocab_size=data.tokenizer.vocab_size)
-    sampler = WindowSampler(
-        data.train, seq_len=electra.seq_len, batch_size=cfg.batch_size, seed=cfg.seed
-    )
-    models, optimizers = [], []
-    for _ in range(2):
-        seed_everything(cfg.seed)
-        model = ElectraModel(electra).to(device)
-        models.append(model)
-        optimizers.append(
-            build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
-        )
-    buffer = ReplayBuffer(
-        dataclasses.replace(run.replay, enabled=True), example_len=electra.seq_len
-    )
-    rows = replay_count(cfg.batch_size, run.replay.ratio)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fill = math.ceil(run.replay.min_fill / cfg.batch_size)
-    timings: dict[str, list[float]] = {"baseline": [], "replay": [], "bookkeeping": []}
-    for index in range(max(warmup, fill) + rounds):
-        ids = sampler.next_batch().to(device)
-        order = ("baseline", "replay") if index % 2 == 0 else ("replay", "baseline")
-        for name in order:
-            replaying = name == "replay"
-            sync()
-            tick = time.perf_counter()
-            stats = electra_step(
-                models[replaying],
-                optimizers[replaying],
-                ids,
-                buffer=buffer if replaying else None,
-                replayed_rows=rows if replaying else 0,
-                beta=run.replay.beta,
-                grad_clip=cfg.grad_clip,
-            )
-            sync()
-            if index >= max(warmup, fill):
-                timings[name].append(time.perf_counter() - tick)
-                if replaying:
-                    timings["bookkeeping"].append(stats.replay_seconds)
-    base = statistics.median(timings["baseline"])
-    replay = statistics.median(timings["replay"])
-    book = statistics.median(timings["bookkeeping"])
-    return {
-        "baseline_ms": 1000 * base,
-        "replay_ms": 1000 * replay,
-        "overhead_pct": 100 * (replay / base - 1),
-        "bookkeeping_ms": 1000 * book,
-        "bookkeeping_pct": 100 * book / base,
-        "replayed_rows": float(rows),
-        "rounds": float(rounds),
-    }
 
 
 def pretrain_from_config(
