@@ -118,3 +118,68 @@ def test_local_text_file_and_bpe(tmp_path: Path) -> None:
     assert load_saved_run(tmp_path / "run").model.vocab_size == 400
     evaluated = evaluate_run(tmp_path / "run", split="test", max_tokens=500)
     assert evaluated.bpc > 0 and evaluated.ppl > 1
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from memtx.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def _tiny_sets(*extra: str) -> list[str]:
+    from tests.helpers import TINY
+
+    return [a for item in (*TINY, *extra) for a in ("--set", item)]
+
+
+def test_out_that_is_a_file_or_under_a_file_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    for out, message in ((blocker, "is a file"), (blocker / "run", "is not a folder")):
+        code, output = _cli("train", "--out", str(out), "--no-progress", *_tiny_sets())
+        assert code == 2 and message in output, output
+        assert output.count("\n") == 1 and output.startswith("error:")
+    assert blocker.read_text() == "keep me"
+
+
+def test_out_on_a_read_only_disk_is_refused(tmp_path: Path) -> None:
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        code, output = _cli("train", "--out", str(mount / "run"), "--no-progress", *_tiny_sets())
+        assert code == 2 and "cannot be written" in output, output
+        assert not list(mount.iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_resume_with_other_sizes_or_of_a_finished_run_is_a_clear_error(
+    tmp_path: Path, shakespeare
+) -> None:
+    out = tmp_path / "run"
+    run = tiny_run("train.steps=4")
+    train(run, out_dir=out, data=shakespeare, progress=False, stop_after=2)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    code, output = _cli("train", "--out", str(out), "--resume", "--set", "model.d_model=64")
+    assert code == 2 and "does not fit the model config" in output, output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written
+    train(run, out_dir=out, data=shakespeare, progress=False, resume=True)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    code, output = _cli("train", "--out", str(out), "--resume", "--no-progress")
+    assert code == 2 and "already finished (step 4 of 4)" in output, output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    code, output = _cli("train", "--out", str(out), "--resume", "--set", "train.steps=6")
+    assert code == 0, output
+    assert json.loads(output.strip().splitlines()[-1])["steps"] == 6
