@@ -117,10 +117,9 @@ def test_sigterm_checkpoints_and_exits_then_resume_continues(tmp_path: Path, cor
     assert "SIGTERM at step" in message and "--resume" in message, message
     step = _newest_step(out)
     assert 1 <= step < 3000  # the checkpoint written on the signal, nothing periodic
-    shorter = ["--set", "pretrain.steps=" + str(step + 3)]
+    shorter = ["--resume", "--set", f"pretrain.steps={step + 3}"]
     done = subprocess.run(
-        [sys.executable, "-m", "memtx", "pretrain", "--out", str(out), "--no-progress"]
-        + ["--resume", *shorter],
+        [sys.executable, "-m", "memtx", "pretrain", "--out", str(out), "--no-progress", *shorter],
         capture_output=True,
         check=False,
     )
