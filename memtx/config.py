@@ -113,7 +113,9 @@ class Checked:
         items = value if isinstance(value, tuple) else (value,)
         for item in items:
             if isinstance(item, float) and not math.isfinite(item):
-                if not (math.isinf(item) and name in self.infinite_ok):
+                if name in self.infinite_ok and math.isnan(item):
+                    raise ConfigError(f"{self._key(name)} must be a number or inf, got {value!r}")
+                if name not in self.infinite_ok:
                     raise ConfigError(f"{self._key(name)} must be a finite number, got {value!r}")
             if isinstance(item, str) and not item.strip():
                 raise ConfigError(f"{self._key(name)} must not be empty, got {value!r}")
@@ -360,7 +362,8 @@ class TrainConfig(Checked):
 
     Attributes:
         steps: optimizer steps (each is one rollout of ``rollout`` segments).
-        batch_size: streams per process (each row is one continuous stream).
+        batch_size: streams of the global batch (each row is one continuous stream); with
+            N processes each takes ``batch_size / N`` of them.
         rollout: segments per optimizer step; memory passes to the next rollout detached.
         strategy: gradient strategy of the driver: ``full``, ``truncated`` or ``mrbp``.
         truncate: for ``truncated``: backpropagate through at most this many segments.
