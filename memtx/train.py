@@ -36,18 +36,18 @@ from memtx.recurrence import check_strategy, rollout
 from memtx.training import (
     LoopConfig,
     NonFiniteError,
-    RunFolder,
     Schedule,
     StepOutcome,
     TrainingInterrupted,
     build_optimizer,
-    cosine_schedule,
     fit,
     free_dir,
     load_weights,
     read_run_config,
     resolve_device,
     seed_everything,
+    start_run,
+    warmup_cosine,
 )
 from memtx.training.sources import Batch, TaskSource, TextSource
 
@@ -70,9 +70,7 @@ __all__ = [
 
 def lr_schedule(cfg: TrainConfig) -> Schedule:
     """Linear warmup to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
-    return cosine_schedule(
-        lr=cfg.lr, steps=cfg.steps, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio
-    )
+    return warmup_cosine(cfg)
 
 
 def _lm_loss(count: int) -> Callable[[Tensor, Tensor], Tensor]:
@@ -235,16 +233,13 @@ def train(
     check_strategy(cfg.strategy, truncate=cfg.truncate)
     if run.task is not None and run.data.tokenizer != "byte":
         raise ConfigError("synthetic tasks are byte-level: data.tokenizer must be 'byte'")
-    device = resolve_device(cfg.device)
-    folder = RunFolder(out_dir, resume=resume)
-    ctx = distributed.setup(device)
-    folder.main = ctx.is_main
-    if cfg.batch_size % ctx.world_size:
-        raise ConfigError(
-            f"train.batch_size ({cfg.batch_size}) is the global batch and must be divisible by "
-            f"the number of processes ({ctx.world_size})"
-        )
-    rows = cfg.batch_size // ctx.world_size  # this rank's streams
+    folder, ctx, rows = start_run(
+        out_dir,
+        resume=resume,
+        device=resolve_device(cfg.device),
+        batch_size=cfg.batch_size,
+        table="train",
+    )
 
     # Data first: a bad corpus or task must fail before anything is written.
     tokenizer = (
@@ -283,17 +278,8 @@ def train(
         model=model,
         optimizer=optimizer,
         schedule=lr_schedule(cfg),
-        config=LoopConfig(
-            steps=cfg.steps,
-            seed=cfg.seed,
-            grad_clip=cfg.grad_clip,
-            on_nonfinite=cfg.on_nonfinite,
-            log_every=cfg.log_every,
-            eval_every=cfg.eval_every,
-            checkpoint_every=cfg.checkpoint_every,
-            keep_checkpoints=cfg.keep_checkpoints,
-            desc="train",
-            resume_hint=f"memtx train --out {out_dir} --resume",
+        config=LoopConfig.of(
+            cfg, desc="train", resume_hint=f"memtx train --out {out_dir} --resume"
         ),
         run=folder,
         parts={"memory": step_fn},

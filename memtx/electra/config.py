@@ -138,6 +138,7 @@ class PretrainConfig(Checked):
         seed: seeds the weights, the corpus windows and the masks.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         log_every: write a metrics line every this many steps.
+        eval_every: score RTD on the valid windows every this many steps (0: at the end).
         checkpoint_every: checkpoint every this many steps (0: only at the end).
         keep_checkpoints: most recent checkpoints kept.
         eval_examples: held-out windows of the valid split scored for RTD at the end.
@@ -158,6 +159,7 @@ class PretrainConfig(Checked):
     seed: int = 0
     device: str = "cpu"
     log_every: int = 10
+    eval_every: int = 0
     checkpoint_every: int = 0
     keep_checkpoints: int = 1
     eval_examples: int = 256
@@ -166,7 +168,7 @@ class PretrainConfig(Checked):
     def _validate(self) -> None:
         for name in ("steps", "batch_size", "log_every", "keep_checkpoints"):
             self._at_least(name, 1)
-        for name in ("warmup_steps", "checkpoint_every", "eval_examples"):
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_examples"):
             self._at_least(name, 0)
         self._check_optimization()
 

@@ -27,7 +27,7 @@ from memtx.electra.model import Discriminator, ElectraModel
 from memtx.electra.pretrain import load_pretrained
 from memtx.electra.tasks import ClassificationTask, build_task
 from memtx.errors import ConfigError
-from memtx.training import LoopConfig, StepOutcome, fit, linear_schedule
+from memtx.training import BaseSource, LoopConfig, StepOutcome, fit, linear_schedule
 
 __all__ = [
     "ClassifierStep",
@@ -103,7 +103,7 @@ class TaskResult:
     seconds: float
 
 
-class EpochSource:
+class EpochSource(BaseSource):
     """Fine-tuning's loop source: the training examples in a fresh order every epoch."""
 
     def __init__(
@@ -134,19 +134,6 @@ class EpochSource:
 
     def validate(self, model: nn.Module, *, device: torch.device) -> dict[str, float]:
         return {}  # the last epoch's model is scored by the caller, on valid and test
-
-    def learning_rate(self, scheduled: float) -> float:
-        return scheduled
-
-    def after_step(self) -> str | None:
-        return None
-
-    def after_validation(self, metrics: dict[str, float]) -> str | None:
-        return None
-
-    @property
-    def finished(self) -> bool:
-        return False
 
     def state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         meta = {"order": self.order, "position": self.position}

@@ -42,15 +42,16 @@ from memtx.electra.replay import ReplayBuffer, ReplayConfig, replay_count
 from memtx.electra.step import ElectraStep, StepStats, electra_step
 from memtx.errors import ConfigError
 from memtx.training import (
+    BaseSource,
     LoopConfig,
-    RunFolder,
     build_optimizer,
-    cosine_schedule,
     fit,
     load_weights,
     read_run_config,
     resolve_device,
     seed_everything,
+    start_run,
+    warmup_cosine,
 )
 
 __all__ = [
@@ -68,7 +69,7 @@ __all__ = [
 # --------------------------------------------------------------------------- the run
 
 
-class PretrainSource:
+class PretrainSource(BaseSource):
     """Pre-training's loop source: fresh windows of the train split, RTD on valid.
 
     With several processes every one draws the same global batch from the same
@@ -101,19 +102,6 @@ class PretrainSource:
         return evaluate_rtd(
             model, self.valid_tokens, examples=self.eval_examples, seed=self.eval_seed
         )
-
-    def learning_rate(self, scheduled: float) -> float:
-        return scheduled
-
-    def after_step(self) -> str | None:
-        return None
-
-    def after_validation(self, metrics: dict[str, float]) -> str | None:
-        return None
-
-    @property
-    def finished(self) -> bool:
-        return False
 
     def state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         return self.sampler.state()
@@ -195,15 +183,13 @@ def pretrain(
     """
     out_dir = Path(out_dir)
     cfg = run.pretrain
-    device = resolve_device(cfg.device)
-    folder = RunFolder(out_dir, resume=resume)
-    ctx = distributed.setup(device)
-    folder.main = ctx.is_main
-    if cfg.batch_size % ctx.world_size:
-        raise ConfigError(
-            f"pretrain.batch_size ({cfg.batch_size}) is the global batch and must be divisible "
-            f"by the number of processes ({ctx.world_size})"
-        )
+    folder, ctx, _ = start_run(
+        out_dir,
+        resume=resume,
+        device=resolve_device(cfg.device),
+        batch_size=cfg.batch_size,
+        table="pretrain",
+    )
     if run.replay.enabled and ctx.active:
         raise ConfigError(
             "replay needs one process (each would hold a buffer of its own): run without "
@@ -242,19 +228,9 @@ def pretrain(
         source,
         model=model,
         optimizer=optimizer,
-        schedule=cosine_schedule(
-            lr=cfg.lr, steps=cfg.steps, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio
-        ),
-        config=LoopConfig(
-            steps=cfg.steps,
-            seed=cfg.seed,
-            grad_clip=cfg.grad_clip,
-            on_nonfinite=cfg.on_nonfinite,
-            log_every=cfg.log_every,
-            checkpoint_every=cfg.checkpoint_every,
-            keep_checkpoints=cfg.keep_checkpoints,
-            desc="pretrain",
-            resume_hint=f"memtx pretrain --out {out_dir} --resume",
+        schedule=warmup_cosine(cfg),
+        config=LoopConfig.of(
+            cfg, desc="pretrain", resume_hint=f"memtx pretrain --out {out_dir} --resume"
         ),
         run=folder,
         parts={} if buffer is None else {"replay": buffer},

@@ -16,8 +16,10 @@ The recipes over it: :mod:`memtx.train` (language models and tasks),
 from __future__ import annotations
 
 from memtx.training.loop import (
+    BaseSource,
     FitResult,
     LoopConfig,
+    LoopSettings,
     NonFiniteError,
     Source,
     StepFn,
@@ -33,18 +35,26 @@ from memtx.training.optim import (
     linear_schedule,
     resolve_device,
     seed_everything,
+    warmup_cosine,
 )
 from memtx.training.run import (
     OptimizerPart,
     Part,
     RngPart,
     RunFolder,
+    RunStart,
     free_dir,
     load_weights,
     read_run_config,
+    start_run,
 )
 
 __all__ = [
+    "BaseSource",
+    "LoopSettings",
+    "RunStart",
+    "start_run",
+    "warmup_cosine",
     "FitResult",
     "LoopConfig",
     "NonFiniteError",

@@ -39,8 +39,10 @@ from memtx.training.optim import Schedule
 from memtx.training.run import OptimizerPart, Part, RngPart, RunFolder
 
 __all__ = [
+    "BaseSource",
     "FitResult",
     "LoopConfig",
+    "LoopSettings",
     "NonFiniteError",
     "Source",
     "StepFn",
@@ -118,6 +120,44 @@ class Source(Protocol):
     def load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None: ...
 
 
+class BaseSource:
+    """A source's defaults: the schedule's rate, no curriculum, never finished early."""
+
+    def learning_rate(self, scheduled: float) -> float:
+        return scheduled
+
+    def after_step(self) -> str | None:
+        return None
+
+    def after_validation(self, metrics: dict[str, float]) -> str | None:
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return False
+
+
+class LoopSettings(Protocol):
+    """The fields of a run's ``[train]`` or ``[pretrain]`` table the loop reads."""
+
+    @property
+    def steps(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def grad_clip(self) -> float: ...
+    @property
+    def on_nonfinite(self) -> Literal["stop", "skip"]: ...
+    @property
+    def log_every(self) -> int: ...
+    @property
+    def eval_every(self) -> int: ...
+    @property
+    def checkpoint_every(self) -> int: ...
+    @property
+    def keep_checkpoints(self) -> int: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class LoopConfig:
     """How the loop runs (taken from a run's ``[train]`` or ``[pretrain]`` table).
@@ -145,6 +185,22 @@ class LoopConfig:
     keep_checkpoints: int = 1
     desc: str = "train"
     resume_hint: str = ""
+
+    @classmethod
+    def of(cls, settings: LoopSettings, *, desc: str, resume_hint: str) -> LoopConfig:
+        """The loop's part of a run's ``[train]`` / ``[pretrain]`` table."""
+        return cls(
+            steps=settings.steps,
+            seed=settings.seed,
+            grad_clip=settings.grad_clip,
+            on_nonfinite=settings.on_nonfinite,
+            log_every=settings.log_every,
+            eval_every=settings.eval_every,
+            checkpoint_every=settings.checkpoint_every,
+            keep_checkpoints=settings.keep_checkpoints,
+            desc=desc,
+            resume_hint=resume_hint,
+        )
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "linear_schedule",
     "resolve_device",
     "seed_everything",
+    "warmup_cosine",
 ]
 
 #: ``schedule(step) -> learning rate`` for the optimizer step ``step`` (0-based)
@@ -78,6 +80,30 @@ def cosine_schedule(*, lr: float, steps: int, warmup_steps: int, min_lr_ratio: f
         return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * progress))
 
     return schedule
+
+
+class ScheduleSettings(Protocol):
+    """The fields of a ``[train]`` / ``[pretrain]`` table the schedule reads."""
+
+    @property
+    def lr(self) -> float: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def min_lr_ratio(self) -> float: ...
+
+
+def warmup_cosine(settings: ScheduleSettings) -> Schedule:
+    """:func:`cosine_schedule` with a run table's ``lr``, ``steps``, ``warmup_steps``,
+    ``min_lr_ratio``."""
+    return cosine_schedule(
+        lr=settings.lr,
+        steps=settings.steps,
+        warmup_steps=settings.warmup_steps,
+        min_lr_ratio=settings.min_lr_ratio,
+    )
 
 
 def linear_schedule(*, lr: float, steps: int, warmup_steps: int) -> Schedule:

@@ -15,11 +15,12 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from memtx import distributed
 from memtx.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -36,7 +37,9 @@ from memtx.config import parse_overrides
 from memtx.errors import ConfigError
 
 __all__ = [
+    "RunStart",
     "free_dir",
+    "start_run",
     "OptimizerPart",
     "Part",
     "RngPart",
@@ -288,3 +291,37 @@ def free_dir(path: Path) -> Path:
         candidate = path.with_name(f"{path.name}-{index}")
         index += 1
     return candidate
+
+
+class RunStart(NamedTuple):
+    """What :func:`start_run` sets up: the folder, this process's place, its rows."""
+
+    folder: RunFolder
+    ctx: distributed.DistContext
+    rows: int
+
+
+def start_run(
+    out_dir: Path, *, resume: bool, device: torch.device, batch_size: int, table: str
+) -> RunStart:
+    """Check the run folder, join torchrun's process group, split the global batch.
+
+    Args:
+        out_dir: the run folder (checked before anything else happens).
+        resume: continue the run in it.
+        device: the device asked for.
+        batch_size: the global batch, split over the processes.
+        table: the config table that holds it (for the error message).
+
+    Raises:
+        ConfigError: a bad folder, or a batch the processes cannot share evenly.
+    """
+    folder = RunFolder(out_dir, resume=resume)
+    ctx = distributed.setup(device)
+    folder.main = ctx.is_main
+    if batch_size % ctx.world_size:
+        raise ConfigError(
+            f"{table}.batch_size ({batch_size}) is the global batch and must be divisible by "
+            f"the number of processes ({ctx.world_size})"
+        )
+    return RunStart(folder, ctx, batch_size // ctx.world_size)

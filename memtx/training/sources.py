@@ -25,6 +25,7 @@ from memtx.config import TaskConfig
 from memtx.data import StreamLoader
 from memtx.evaluate import evaluate_task, evaluate_tokens
 from memtx.models.protocol import SegmentModel
+from memtx.training.loop import BaseSource
 
 __all__ = ["Batch", "TaskSource", "TextSource"]
 
@@ -46,7 +47,7 @@ class Batch:
     count: int
 
 
-class TextSource:
+class TextSource(BaseSource):
     """Continuous streams of a tokenized corpus, and bits-per-byte validation."""
 
     def __init__(
@@ -87,20 +88,6 @@ class TextSource:
             device=device,
         )
         return {"loss": result.loss, "bpc": result.bpc, "ppl": result.ppl}
-
-    def learning_rate(self, scheduled: float) -> float:
-        """The rate for this step: the schedule's."""
-        return scheduled
-
-    def after_step(self) -> str | None:
-        return None
-
-    def after_validation(self, metrics: dict[str, float]) -> str | None:
-        return None
-
-    @property
-    def finished(self) -> bool:
-        return False
 
     def state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         return {"loader": self.loader.state_dict()}, {}
