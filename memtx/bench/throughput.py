@@ -8,6 +8,7 @@ and reports tokens/s, achieved FLOP/s and
 its fraction of ``peak_flops`` (measured by ``measure_matmul_peak`` when not given).
 
     python -m memtx.bench.throughput --model memformer --device cuda --dtype bf16
+    python -m memtx.bench.throughput --model rmt --sizes '{"d_model": 64}' --steps 2
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -81,7 +83,7 @@ def measure_training(
     model = memtx.build(model_name, **fields).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     seg = fields["segment_len"]
-    tokens = torch.randint(0, 256, (batch_size, rollout_len * seg + 1), device=dev)
+    tokens = torch.randint(0, fields["vocab_size"], (batch_size, rollout_len * seg + 1), device=dev)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     count = targets.numel()
 
@@ -141,20 +143,29 @@ def measure_training(
     }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="memformer", choices=sorted(REFERENCE))
     parser.add_argument("--strategy", default="full")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rollout", type=int, default=8, help="segments per step")
+    parser.add_argument(
+        "--sizes",
+        type=json.loads,
+        default={},
+        help="JSON overrides of the reference config, e.g. '{\"d_model\": 64}'",
+    )
     parser.add_argument(
         "--peak-tflops",
         type=float,
         default=None,
         help="the peak to divide by (default: a measured matmul)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     result = measure_training(
         model_name=args.model,
@@ -162,7 +173,11 @@ def main() -> None:
         device=args.device,
         dtype=args.dtype,
         steps=args.steps,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        rollout_len=args.rollout,
         peak_flops=peak,
+        overrides=args.sizes,
     )
     print(json.dumps(result))
 

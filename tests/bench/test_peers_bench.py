@@ -87,7 +87,7 @@ def test_failed_row_does_not_crash_the_table(
 def test_missing_peer_is_skipped_with_the_install_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(peers, "_missing_modules", lambda package: ["memformer"])
+    monkeypatch.setattr(peers, "missing_modules", lambda package: ["memformer"])
     rows = run_peers_benchmark(out_dir=tmp_path, progress=False, rows=["peer-memformer-full"])
     assert rows[0]["status"].startswith("skipped (pip install memformer==0.3.1")
     assert "skipped (pip install" in (tmp_path / "peers.md").read_text()

@@ -11,7 +11,7 @@ import torch
 import memtx.training
 from memtx.bench.common import GRAD_CLIP
 from memtx.bench.mrbp import BenchModel, run_worker
-from memtx.bench.peers import PeerSizes
+from memtx.bench.peers_rows import ROWS, PeerSizes, make_trainer
 from memtx.bench.throughput import measure_training
 from memtx.config import TrainConfig
 
@@ -61,9 +61,6 @@ def test_mrbp_worker_steps_go_through_apply_update(updates: list[float]) -> None
 
 
 def test_memtx_peer_rows_go_through_apply_update(updates: list[float]) -> None:
-    from memtx.bench.peers import ROWS
-    from memtx.bench.peers import _trainer as make_trainer
-
     torch.set_num_threads(1)
     sizes = PeerSizes(
         d_model=32, n_heads=2, d_ff=64, segment_len=8, batch_size=2, rollout=2,

@@ -1,0 +1,35 @@
+"""The ``python -m memtx.bench.*`` commands at tiny sizes (the CLI verbs: tests/cli)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memtx.bench import peers, throughput
+
+TINY = {"d_model": 32, "n_heads": 2, "d_ff": 64, "segment_len": 8, "n_layers": 1}
+
+
+def test_throughput_command(capsys: pytest.CaptureFixture[str]) -> None:
+    sizes = json.dumps({**TINY, "memory_tokens": 4})
+    throughput.main(
+        ["--model", "rmt", "--sizes", sizes, "--steps", "1", "--warmup", "0",
+         "--batch-size", "2", "--rollout", "2", "--peak-tflops", "1"]
+    )  # fmt: skip
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["model"] == "rmt" and result["tokens_per_step"] == 2 * 2 * 8
+    assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1
+
+
+def test_peers_profile_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sizes = {
+        "d_model": 32, "n_heads": 2, "d_ff": 64, "segment_len": 8, "batch_size": 2,
+        "rollout": 2, "rmt_layers": 1, "memory_tokens": 4,
+    }  # fmt: skip
+    args = ["--profile", "memtx-rmt-full", "--sizes", json.dumps(sizes), "--warmup", "0"]
+    assert peers.main([*args, "--out-dir", str(tmp_path)]) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert path == tmp_path / "profile-memtx-rmt-full.md"
+    assert "python -m memtx.bench.peers --profile memtx-rmt-full" in path.read_text()
