@@ -4,9 +4,10 @@ Already run end to end through the CLI elsewhere: ``train``, ``eval``, ``generat
 ``bench peak`` (tests/cli/test_cli.py). Here: ``inspect``, ``demo``, ``pretrain``,
 ``repro rmt | memformer | tmr`` and ``bench mrbp | scaling | peers``.
 
-``bench mrbp`` and ``bench peers`` only take the reference sizes on the command line, so
-their tests call the verb with the library function wrapped to add tiny sizes: the verb's
-parsing, the benchmark and its worker processes all run, on a small model.
+``bench mrbp`` and ``bench peers`` only take the reference sizes on the command line, and
+``repro memformer`` its 100,000 evaluation tokens, so their tests call the verb with the
+library function wrapped to add tiny settings: the verb's parsing, the benchmark and its
+worker processes all run, on a small model.
 """
 
 from __future__ import annotations
