@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional, ParamSpec
 
@@ -111,7 +112,7 @@ def train(
     Several processes: torchrun --nproc_per_node=N -m memtx train ... (train.batch_size
     is the global batch, split over the processes).
     """
-    extra = [f"train.device={device}"] if device else []
+    extra = [f"train.device={device}"] if device is not None else []
     extra += ["train.compile=true"] if compile_ else []
 
     from memtx.config import load_run_config
@@ -306,6 +307,8 @@ def bench_mrbp(
     from memtx.bench.mrbp import run_mrbp_benchmark
 
     lengths = _int_list(rollouts, name="--rollouts")
+    _at_least(steps, 1, name="--steps")
+    _out_folder(out)
     run_mrbp_benchmark(out_dir=out, rollouts=lengths, steps=steps)
     typer.echo(f"wrote {out / 'mrbp.md'} and {out / 'mrbp.png'}")
 
@@ -329,17 +332,12 @@ def bench_scaling(
 
     from memtx.bench.scaling import MODELS, run_scaling_benchmark
 
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in MODELS]
-    if unknown:
-        _fail(f"--models: unknown {unknown[0]!r} (known: {', '.join(MODELS)})")
-    run_scaling_benchmark(
-        out_dir=out,
-        models=names,
-        lengths=_int_list(lengths, name="--lengths"),
-        mem_len=mem_len,
-        device=device,
-    )
+    names = _names(models, name="--models", known=list(MODELS))
+    points = _int_list(lengths, name="--lengths")
+    _at_least(mem_len, 0, name="--mem-len")
+    _device(device)
+    _out_folder(out)
+    run_scaling_benchmark(out_dir=out, models=names, lengths=points, mem_len=mem_len, device=device)
     typer.echo(f"wrote {out / 'scaling.md'} and {out / 'scaling.png'}")
 
 
@@ -369,14 +367,9 @@ def repro_rmt(
     from memtx.repro import RMT_VARIANTS
     from memtx.repro import repro_rmt as run_repro
 
-    chosen = [v.strip() for v in variants.split(",") if v.strip()]
-    unknown = [v for v in chosen if v not in RMT_VARIANTS]
-    if unknown:
-        _fail(f"--variants: unknown {unknown[0]!r} (known: {', '.join(RMT_VARIANTS)})")
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
-    bad = [t for t in names if t not in ("copy", "reverse")]
-    if bad:
-        _fail(f"--tasks: unknown {bad[0]!r} (known: copy, reverse)")
+    chosen = _names(variants, name="--variants", known=list(RMT_VARIANTS))
+    names = _names(tasks, name="--tasks", known=["copy", "reverse"])
+    _out_folder(out)
 
     path = run_repro(
         out_dir=out,
@@ -421,8 +414,11 @@ def repro_memformer(
         lengths = [int(c) for c in caches.split(",") if c.strip()]
     except ValueError:
         _fail(f"--caches: expected comma-separated integers, got {caches!r}")
-    if steps < 1:
-        _fail(f"--steps must be >= 1, got {steps}")
+    if not lengths:
+        _fail(f"--caches expects at least one cache length, got {caches!r}")
+    _at_least(steps, 1, name="--steps")
+    _at_least(threads, 1, name="--threads")
+    _out_folder(out)
     path = run_repro(
         out_dir=out,
         runs_dir=runs,
@@ -449,6 +445,9 @@ def bench_peers(
 
     from memtx.bench.peers import run_peers_benchmark
 
+    _at_least(steps, 1, name="--steps")
+    _at_least(threads, 1, name="--threads")
+    _out_folder(out)
     run_peers_benchmark(out_dir=out, steps=steps, threads=threads)
     typer.echo(f"wrote {out / 'peers.md'}")
 
@@ -471,6 +470,7 @@ def repro_tmr(
 
     from memtx.repro.tmr import repro_tmr as run_repro
 
+    _out_folder(out)
     path = run_repro(
         out_dir=out,
         seeds=_int_list(seeds, name="--seeds", minimum=0),
@@ -498,12 +498,14 @@ def bench_peak(
 
     if dtype not in ("fp32", "bf16"):
         _fail(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    _device(device)
     for size in _int_list(sizes, name="--sizes"):
         flops = measure_matmul_peak(device=device, dtype=dtype, size=size)
         typer.echo(f"{size}x{size} {dtype} matmul on {device}: {flops / 1e9:,.1f} GFLOP/s")
 
 
 def _int_list(text: str, *, name: str, minimum: int = 1) -> list[int]:
+    """The comma-separated integers of option ``name``, each >= ``minimum`` (at least one)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -511,6 +513,50 @@ def _int_list(text: str, *, name: str, minimum: int = 1) -> list[int]:
     if not values or min(values) < minimum:
         _fail(f"{name} expects integers >= {minimum}, got {text!r}")
     return values
+
+
+def _names(text: str, *, name: str, known: Sequence[str]) -> list[str]:
+    """The comma-separated names of option ``name``: at least one, each one of ``known``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        _fail(f"{name} expects at least one of {', '.join(known)}, got {text!r}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        _fail(f"{name}: unknown {unknown[0]!r} (known: {', '.join(known)})")
+    return names
+
+
+def _at_least(value: int | None, minimum: int, *, name: str) -> None:
+    """Exit 2 unless option ``name`` is unset (None) or >= ``minimum``."""
+    if value is not None and value < minimum:
+        _fail(f"{name} must be >= {minimum}, got {value}")
+
+
+def _device(device: str) -> None:
+    """Exit 2 unless ``--device`` is cpu, or cuda / cuda:N with that GPU present."""
+    index = device.removeprefix("cuda:")
+    if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and index.isdigit()):
+        _fail(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if device != "cpu":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (int(index) if index.isdigit() else 0) >= count:
+            _fail(f"--device is {device!r} but this machine has {count} CUDA GPU(s)")
+
+
+def _out_folder(folder: Path) -> None:
+    """Exit 2 unless ``--out`` is, or can be made, a folder this process may write into.
+
+    Checked before the (long) work starts, without creating anything.
+    """
+    if folder.exists() and not folder.is_dir():
+        _fail(f"--out {folder} is a file, not a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        _fail(f"--out {folder} cannot be written: {existing} is not a writable folder")
 
 
 def run() -> None:

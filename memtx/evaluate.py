@@ -92,8 +92,10 @@ def evaluate_tokens(
         progress: show a progress bar.
 
     Raises:
-        DataError: fewer than two tokens.
+        DataError: fewer than two tokens, ``rows`` < 1 or ``max_tokens`` < 0.
     """
+    if max_tokens < 0:
+        raise DataError(f"max_tokens must be >= 0 (0: all), got {max_tokens}")
     if max_tokens:
         tokens = tokens[: max_tokens + rows]
     grid = as_rows(tokens, rows=rows)  # (R, n)
@@ -160,7 +162,14 @@ def evaluate_task(
         ``loss`` (mean cross-entropy per answer token, nats), ``token_accuracy`` (share of
         answer tokens predicted right) and ``exact_match`` (share of samples with every
         answer token right).
+
+    Raises:
+        DataError: ``samples`` or ``batch_size`` < 1.
     """
+    if samples < 1:
+        raise DataError(f"samples must be >= 1, got {samples}")
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
     was_training = getattr(model, "training", False)
     model.eval()

@@ -12,6 +12,7 @@ document through a trained Memformer, collects that attention from ``aux``, and 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,13 +77,25 @@ def inspect_memory(
 
     Raises:
         ConfigError: the run is not a Memformer with memory.
-        DataError: the document index is out of range.
+        DataError: the document index is out of range, ``split`` is not valid or test,
+            ``max_segments`` or ``top`` < 1, an empty ``corpus``, or a ``out_dir`` that is
+            a file or cannot be written.
     """
     import dataclasses
 
     from memtx.data import load_splits
     from memtx.train import load_trained
 
+    if split not in ("valid", "test"):
+        raise DataError(f"--split must be valid or test, got {split!r}")
+    if max_segments < 1:
+        raise DataError(f"--max-segments must be >= 1, got {max_segments}")
+    if top < 1:
+        raise DataError(f"top must be >= 1, got {top}")
+    if corpus is not None and not corpus.strip():
+        raise DataError("--data is empty: give a corpus name, a text file or a folder")
+    folder = Path(out_dir) if out_dir is not None else Path(run_dir) / "inspect"
+    _check_writable_folder(folder)
     run, model = load_trained(Path(run_dir), device="cpu")
     cfg = run.model
     if not isinstance(cfg, MemformerConfig) or not cfg.use_memory:
@@ -126,8 +139,10 @@ def inspect_memory(
         document=docs[document].name,
         files=[],
     )
-    folder = Path(out_dir) if out_dir is not None else Path(run_dir) / "inspect"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a folder the checks above cannot see is read-only
+        raise DataError(f"cannot write the report into {folder}: {exc.strerror}") from None
     report.files = _plot(report, folder)
     summary_file = folder / "memory.txt"
     summary_file.write_text(report.summary() + "\n", encoding="utf-8")
@@ -144,6 +159,23 @@ def inspect_memory(
     )
     report.files.append(summary_file)
     return report
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """Raise DataError unless ``folder`` is, or can be made, a writable folder.
+
+    Checked before any work, and without creating anything: ``folder`` must not be a file,
+    and its nearest existing ancestor must be a folder this process may write into.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"cannot write the report into {folder}: it is a file, not a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"cannot write the report into {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write the report into {folder}: {existing} is not writable")
 
 
 def _plot(report: MemoryReport, out_dir: Path) -> list[Path]:
