@@ -84,7 +84,7 @@ class StepOutcome:
 class StepFn(Protocol):
     """Forward and backward of one batch; the loop does the rest."""
 
-    def __call__(self, batch: Any, *, step: int) -> StepOutcome: ...
+    def __call__(self, batch: Any, /, *, step: int) -> StepOutcome: ...
 
 
 class Source(Protocol):
@@ -94,8 +94,8 @@ class Source(Protocol):
         """The next batch for the step function."""
         ...
 
-    def validate(self, model: nn.Module, *, device: torch.device) -> dict[str, float]:
-        """Held-out figures of ``model`` (empty: nothing to validate)."""
+    def validate(self, model: Any, *, device: torch.device) -> dict[str, float]:
+        """Held-out figures of ``model``, the model being trained (empty: nothing to say)."""
         ...
 
     def learning_rate(self, scheduled: float) -> float:
@@ -319,7 +319,8 @@ def fit(
     device = ctx.device
     # The random generators last: restoring the others must not disturb them.
     every = {"source": source, **(parts or {}), "rng": RngPart()}
-    start_step, history = 0, []
+    start_step = 0
+    history: list[dict[str, Any]] = []
     if run is not None and run.resume:
         start_step, history = _resume(run, every, model, optimizer, ctx, sharded, config)
     autocast = (
