@@ -88,3 +88,17 @@ def test_bad_generation_input(kwargs: dict, message: str) -> None:
 def test_every_builtin_model_has_the_cached_path(key: str) -> None:
     # Only the Hugging Face backbone falls back to recomputing the segment.
     assert small_model(key).can_decode == (key != "rmt_hf")
+
+
+@pytest.mark.parametrize("key", list(SMALL))
+def test_cached_decoder_is_declared_and_mode_is_restored(key: str) -> None:
+    model = small_model(key).train()
+    decoder = model.cached_decoder()
+    assert (decoder is not None) == model.can_decode
+    if decoder is not None:  # the declared protocol: begin_decode, then decode
+        state = decoder.begin_decode(model.eval().init_memory(1))
+        logits, state = decoder.decode(torch.zeros(1, 2, dtype=torch.long), state)
+        assert logits.shape == (1, 2, 32) and state.length == 2
+        model.train()
+    generate(model, torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2)
+    assert model.training  # generation runs in eval mode and gives the mode back

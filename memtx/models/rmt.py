@@ -37,29 +37,16 @@ memory instead of ``slots``. The learned initial memory is therefore applied *in
 memory a rollout starts from as a detached input, which a parameter expanded in
 ``init_memory`` would silently lose). Setting ``reset[i] = True`` restarts stream i alone.
 
-Backbones (``config.backbone``):
-
-- ``"builtin"``: our pre-LN :class:`memtx.modules.Block` stack, rotary positions, the mask
-  passed to ``scaled_dot_product_attention`` as a boolean matrix; tied embedding and head.
-- ``"hf"``: any Hugging Face causal LM (``pip install memtx[hf]``), built from a config
-  with our sizes (``hf_model_type``, default GPT-2, randomly initialised) or loaded from a
-  local folder (``hf_path``). Segments go in through ``inputs_embeds`` with explicit
-  ``position_ids`` 0..T-1 and the same mask as an additive float 4-D mask ``[1, 1, T, T]``:
-  transformers 5.x hands a 4-D ``attention_mask`` to the attention function unchanged
-  (``masking_utils._preprocess_mask_arguments``: "If the mask is already 4D, simply return
-  as-is"), and both the ``sdpa`` and the ``eager`` implementations add it to the scores, so
-  the model is built with ``attn_implementation="sdpa"`` (``"eager"`` where sdpa is not
-  supported) and any other implementation is refused. Token embeddings, dropout and logits
-  are the HF model's own (its input embedding and LM head); a loaded folder keeps its own
-  dropout and feed-forward width, and its vocabulary, width, depth and heads must equal
-  the config's (a mismatch is a :class:`ConfigError` naming the field).
+Backbones (``config.backbone``, see :mod:`memtx.models.backbones`): ``"builtin"``, our
+pre-LN blocks with rotary positions, a tied embedding and head, and a KV cache for
+generation; ``"hf"``, any Hugging Face causal LM (built from a config with our sizes or
+loaded from ``hf_path``), driven through ``inputs_embeds`` and the same mask as a 4-D
+additive mask, its segments recomputed for each generated token. RMT's own code is the
+same for both.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -67,21 +54,20 @@ from torch import Tensor, nn
 
 from memtx.config import RMTConfig
 from memtx.errors import ConfigError, DataError
+from memtx.models.backbones import HF_INSTALL_HINT, Backbone, adopt_backbone, build_backbone
 from memtx.models.protocol import (
     CachedDecoding,
     DecodeState,
+    SegmentLM,
     StepOutput,
-    TiedLM,
     cache_mask,
     check_memory_tensor,
     check_memory_type,
 )
-from memtx.modules import Block, RotaryEmbedding, decode_blocks
 
 LAYOUTS: tuple[str, ...] = ("read_write", "read_only")
-HF_INSTALL_HINT = "pip install memtx[hf]"
 
-__all__ = ["LAYOUTS", "RMT", "RMTMemory", "rmt_attention_mask"]
+__all__ = ["HF_INSTALL_HINT", "LAYOUTS", "RMT", "RMTMemory", "rmt_attention_mask"]
 
 
 class RMTMemory(NamedTuple):
@@ -136,45 +122,31 @@ def rmt_attention_mask(
     return allowed
 
 
-class RMT(TiedLM):
+class RMT(SegmentLM):
     """Recurrent Memory Transformer over one segment; memory = :class:`RMTMemory`.
 
-    See the module docstring for the layout, the mask and the two backbones.
+    See the module docstring for the layout and the mask; the causal LM it wraps is
+    ``self.backbone`` (:class:`memtx.models.backbones.Backbone`).
     """
 
     memory_carries_grad = True
+    backbone: Backbone
 
     def __init__(self, config: RMTConfig) -> None:
         super().__init__(config)
         self.config: RMTConfig = config
-        self.hf: Any = None  # the Hugging Face causal LM (backbone "hf")
-        m, d = config.memory_tokens, config.d_model
-        if config.backbone == "builtin" and (
-            config.hf_path is not None or config.hf_model_type != "gpt2"
-        ):
-            # Never ignore a setting silently (a known defect of public RMT wrappers).
+        m = config.memory_tokens
+        backbone = build_backbone(config, positions=config.segment_len + 2 * m)
+        blocks = 2 if config.memory_layout == "read_write" else 1
+        needed = config.segment_len + blocks * m
+        if backbone.max_positions is not None and backbone.max_positions < needed:
             raise ConfigError(
-                "model.hf_path and model.hf_model_type only apply to model.backbone='hf', "
-                "got backbone='builtin'"
+                f"the Hugging Face model has {backbone.max_positions} positions, but a segment "
+                f"needs segment_len + {blocks} * memory_tokens = {needed}"
             )
-        if config.backbone == "hf":
-            # The HF model brings its own embedding, dropout, final norm and head.
-            del self.embed, self.embed_dropout, self.ln_out
-            self.hf = _load_hf_model(config)
-            self._logits_to_keep = "logits_to_keep" in inspect.signature(self.hf.forward).parameters
-            weight = self.hf.get_input_embeddings().weight
-            self.initial_memory = nn.Parameter(torch.empty(m, d, dtype=weight.dtype))
-            with torch.no_grad():
-                nn.init.normal_(self.initial_memory, std=float(weight.std()))
-        else:
-            self.rotary = RotaryEmbedding(config.head_dim)
-            self.blocks = nn.ModuleList(
-                Block(d, config.n_heads, config.ffn_dim, dropout=config.dropout)
-                for _ in range(config.n_layers)
-            )
-            self.initial_memory = nn.Parameter(torch.empty(m, d))
-            self.init_weights()
-            nn.init.normal_(self.initial_memory, std=0.02)
+        adopt_backbone(self, backbone)  # its parts keep their checkpoint names: embed.*, hf.*
+        initial = torch.empty(m, config.d_model, dtype=backbone.dtype)
+        self.initial_memory = nn.Parameter(initial.normal_(std=backbone.init_std))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -183,16 +155,8 @@ class RMT(TiedLM):
         return self.initial_memory.device
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
-        """[B, L] ids -> [B, L, d] (for HF: its input embedding; it adds its own dropout)."""
-        if self.hf is not None:
-            return self.hf.get_input_embeddings()(tokens)
-        return self.embed(tokens)
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        """Builtin: [B, L, d] residual stream -> [B, L, V]; HF: final hidden -> LM head."""
-        if self.hf is not None:
-            return self.hf.get_output_embeddings()(hidden)
-        return super().logits(hidden)
+        """[B, L] ids -> [B, L, d], the backbone's embedding (its dropout comes in ``run``)."""
+        return self.backbone.embed(tokens)
 
     def attention_mask(self, length: int) -> Tensor:
         """This model's mask for a segment of ``length`` tokens, [T, T] bool."""
@@ -267,29 +231,10 @@ class RMT(TiedLM):
                 f"got {inputs.shape[1]}"
             )
         positions = torch.arange(inputs.shape[1], device=inputs.device)  # restart per segment
-        if self.hf is None:
-            x = self.embed_dropout(inputs)
-            rotary = self.rotary(positions)
-            for block in self.blocks:
-                x = block(x, mask=allowed, rotary=rotary)  # (B, T, d)
-            hidden = self.ln_out(x)
-            logits = hidden[:, m : m + length] @ self.embed.weight.t()
-            return hidden, logits
-        additive = torch.zeros(allowed.shape, dtype=inputs.dtype, device=inputs.device)
-        additive = additive.masked_fill(~allowed, torch.finfo(inputs.dtype).min)
-        kwargs: dict[str, Any] = {}
-        if self._logits_to_keep:
-            kwargs["logits_to_keep"] = torch.arange(m, m + length, device=inputs.device)
-        out = self.hf(
-            inputs_embeds=inputs,
-            attention_mask=additive[None, None],  # (1, 1, T, T): taken as-is by transformers
-            position_ids=positions[None],
-            output_hidden_states=True,
-            use_cache=False,
-            **kwargs,
+        out = self.backbone.run(
+            inputs, mask=allowed, positions=positions, logits_at=slice(m, m + length)
         )
-        logits = out.logits if self._logits_to_keep else out.logits[:, m : m + length]
-        return out.hidden_states[-1], logits
+        return out.hidden, out.logits
 
     def step(self, tokens: Tensor, memory: RMTMemory) -> StepOutput:
         """One segment: tokens [B, L] (L <= segment_len) and an :class:`RMTMemory`.
@@ -313,7 +258,7 @@ class RMT(TiedLM):
 
     def cached_decoder(self) -> CachedDecoding | None:
         """The builtin backbone decodes with a KV cache; HF backbones are recomputed."""
-        return self if self.hf is None else None
+        return self if self.backbone.supports_cache else None
 
     def begin_decode(self, memory: RMTMemory) -> DecodeState:
         """Run the read memory once as a cached prefix (read slots see only each other).
@@ -321,192 +266,28 @@ class RMT(TiedLM):
         Generation never appends write slots to a partial segment: the write block runs
         when the segment is committed with ``advance``.
         """
-        if self.hf is not None:
+        if not self.backbone.supports_cache:
             raise ConfigError("cached decoding is only for the builtin backbone")
         probe = memory.reset[:, None].long()  # (B, 1): batch size and device
         self._check_memory(memory, probe)
-        x = self.embed_dropout(self.read_memory(memory))  # (B, m, d)
-        rotary = self.rotary(torch.arange(self.config.memory_tokens, device=x.device))
-        _, caches = decode_blocks(self.blocks, x, [None] * len(self.blocks), rotary=rotary)
-        return DecodeState(caches=caches)
+        read = self.read_memory(memory)  # (B, m, d)
+        positions = torch.arange(self.config.memory_tokens, device=read.device)
+        empty: list[Any] = [None] * self.backbone.n_layers
+        # No mask: the read slots see each other; no logits are needed for them.
+        out = self.backbone.run(
+            read, mask=None, positions=positions, logits_at=slice(0, 0), caches=empty
+        )
+        assert out.caches is not None  # a run with caches returns them grown
+        return DecodeState(caches=out.caches)
 
     def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
         self.check_decode(tokens, state)
         m, n, device = self.config.memory_tokens, tokens.shape[1], tokens.device
-        rotary = self.rotary(m + state.length + torch.arange(n, device=device))
+        positions = m + state.length + torch.arange(n, device=device)
         mask = cache_mask(state.length, n, prefix=m, device=device)
-        x = self.embed_dropout(self.embed_tokens(tokens))  # (B, n, d)
-        x, caches = decode_blocks(self.blocks, x, state.caches, mask=mask, rotary=rotary)
-        return self.logits(x), DecodeState(caches=caches, length=state.length + n)
-
-
-# --------------------------------------------------------------------------- Hugging Face
-
-# Our sizes under the names HF configs use; the first name a config knows is set.
-_HF_SIZE_NAMES: dict[str, tuple[str, ...]] = {
-    "d_model": ("n_embd", "hidden_size", "d_model"),
-    "n_layers": ("n_layer", "num_hidden_layers", "num_layers"),
-    "n_heads": ("n_head", "num_attention_heads", "num_heads"),
-    "d_ff": ("n_inner", "intermediate_size", "ffn_dim"),
-    "positions": ("n_positions", "max_position_embeddings"),
-}
-_HF_DROPOUT_NAMES = (
-    "resid_pdrop",
-    "embd_pdrop",
-    "attn_pdrop",
-    "attention_dropout",
-    "hidden_dropout",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "embed_dropout",
-    "dropout",
-)
-_HF_ATTENTION = ("sdpa", "eager")  # implementations that add our 4-D mask to the scores
-
-
-def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError:
-        raise ConfigError(
-            f"model.backbone='hf' needs the transformers package: {HF_INSTALL_HINT}"
-        ) from None
-    return transformers
-
-
-def _hf_size(hf_config: Any, names: tuple[str, ...]) -> Any:
-    for name in names:
-        value = getattr(hf_config, name, None)
-        if value is not None:
-            return value
-    return None
-
-
-def _has_field(hf_config: Any, name: str) -> bool:
-    return name in vars(hf_config) or name in getattr(hf_config, "attribute_map", {})
-
-
-def _check_causal_lm(hf_config: Any, *, where: str) -> None:
-    """Refuse configs that are not decoder-only causal LMs (BERT-likes, encoder-decoders)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    model_type = getattr(hf_config, "model_type", None)
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ConfigError(f"{where} is a {model_type!r} model, not a Hugging Face causal LM")
-    if getattr(hf_config, "is_encoder_decoder", False):
-        raise ConfigError(f"{where} is an encoder-decoder ({model_type!r}), not a causal LM")
-    # Encoder families (BERT, RoBERTa, ...) carry an ``is_decoder`` flag; decoder-only ones don't.
-    if getattr(hf_config, "is_decoder", None) is False:
-        raise ConfigError(
-            f"{where} is an encoder model ({model_type!r} with is_decoder=False), "
-            "not a causal LM; RMT's decoder layout needs a decoder-only model"
+        out = self.backbone.run(
+            self.embed_tokens(tokens), mask=mask, positions=positions, caches=state.caches
         )
-
-
-def _hf_config_from_ours(config: RMTConfig) -> Any:
-    transformers = _transformers()
-    model_type = config.hf_model_type
-    where = f"model.hf_model_type={model_type!r}"
-    try:
-        default = transformers.AutoConfig.for_model(model_type)
-    except ValueError:
-        raise ConfigError(f"{where} is not a Hugging Face model type") from None
-    _check_causal_lm(default, where=where)
-    wanted = {
-        "d_model": config.d_model,
-        "n_layers": config.n_layers,
-        "n_heads": config.n_heads,
-        "d_ff": config.ffn_dim,
-        "positions": config.segment_len + 2 * config.memory_tokens,
-    }
-    kwargs: dict[str, Any] = {"vocab_size": config.vocab_size}
-    for key, value in wanted.items():
-        name = next((n for n in _HF_SIZE_NAMES[key] if _has_field(default, n)), None)
-        if name is None and key != "d_ff":
-            raise ConfigError(f"{where}: cannot set {key} (none of {_HF_SIZE_NAMES[key]})")
-        if name is not None:
-            kwargs[name] = value
-    if _has_field(default, "num_key_value_heads"):
-        kwargs["num_key_value_heads"] = config.n_heads
-    for name in _HF_DROPOUT_NAMES:
-        if _has_field(default, name) and isinstance(getattr(default, name), float):
-            kwargs[name] = config.dropout
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        token_id = getattr(default, name, None)
-        if isinstance(token_id, int) and token_id >= config.vocab_size:
-            kwargs[name] = None  # GPT-2's 50256 does not exist in a small vocabulary
-    return transformers.AutoConfig.for_model(model_type, **kwargs)
-
-
-def _hf_from_folder(config: RMTConfig) -> tuple[Any, Any]:
-    transformers = _transformers()
-    path = Path(config.hf_path or "")
-    where = f"model.hf_path={str(path)!r}"
-    if not path.is_dir():
-        raise ConfigError(f"{where} is not a folder")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{where} has no config.json: not a Hugging Face model folder")
-    try:
-        json.loads(config_file.read_text(encoding="utf-8"))
-        hf_config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except (ValueError, OSError, KeyError) as exc:
-        raise ConfigError(f"{where}: config.json cannot be read: {exc}") from None
-    _check_causal_lm(hf_config, where=where)
-    if config.hf_model_type not in ("gpt2", hf_config.model_type):
-        raise ConfigError(
-            f"model.hf_model_type={config.hf_model_type!r} but {where} holds a "
-            f"{hf_config.model_type!r} model (the folder decides; leave hf_model_type unset)"
-        )
-    for ours, names in (
-        ("vocab_size", ("vocab_size",)),
-        ("d_model", _HF_SIZE_NAMES["d_model"]),
-        ("n_layers", _HF_SIZE_NAMES["n_layers"]),
-        ("n_heads", _HF_SIZE_NAMES["n_heads"]),
-    ):
-        theirs = _hf_size(hf_config, names)
-        if theirs is not None and theirs != getattr(config, ours):
-            raise ConfigError(
-                f"model.{ours} ({getattr(config, ours)}) does not match the model in {where} "
-                f"({names[0]}={theirs}); set model.{ours}={theirs}"
-            )
-    return transformers, hf_config
-
-
-def _load_hf_model(config: RMTConfig) -> nn.Module:
-    """The HF causal LM of ``config`` with an attention implementation that honours our mask."""
-    if config.hf_path is not None:
-        transformers, hf_config = _hf_from_folder(config)
-
-        def make(attn: str) -> nn.Module:
-            return transformers.AutoModelForCausalLM.from_pretrained(
-                config.hf_path, local_files_only=True, attn_implementation=attn
-            )
-    else:
-        transformers, hf_config = _transformers(), _hf_config_from_ours(config)
-
-        def make(attn: str) -> nn.Module:
-            return transformers.AutoModelForCausalLM.from_config(
-                hf_config, attn_implementation=attn
-            )
-
-    try:
-        model = make("sdpa")
-    except ValueError:  # the architecture has no sdpa path
-        model = make("eager")
-    attn = getattr(model.config, "_attn_implementation", None)
-    if attn not in _HF_ATTENTION:
-        raise ConfigError(
-            f"the Hugging Face model uses attention {attn!r}; RMT's mask needs one of "
-            f"{', '.join(_HF_ATTENTION)}"
-        )
-    limit = _hf_size(model.config, _HF_SIZE_NAMES["positions"])
-    blocks = 2 if config.memory_layout == "read_write" else 1
-    needed = config.segment_len + blocks * config.memory_tokens
-    if limit is not None and limit < needed:
-        raise ConfigError(
-            f"the Hugging Face model has {limit} positions, but a segment needs segment_len + "
-            f"{blocks} * memory_tokens = {needed}"
-        )
-    return model
+        assert out.caches is not None
+        return out.logits, DecodeState(caches=out.caches, length=state.length + n)

@@ -335,6 +335,18 @@ def test_hf_folder_that_is_not_a_causal_lm_is_refused(tmp_path) -> None:
 
 
 @needs_hf
+def test_hf_folder_with_only_pickled_weights_is_refused(tmp_path) -> None:
+    """Only safetensors and JSON are ever loaded: a pytorch_model.bin is never unpickled."""
+    model = model_of("rmt_hf")
+    model.hf.save_pretrained(tmp_path)
+    for weights in tmp_path.glob("*.safetensors"):
+        weights.unlink()
+    torch.save(model.hf.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match=r"no \*\.safetensors weights .*pytorch_model\.bin"):
+        model_of("rmt_hf", hf_path=str(tmp_path))
+
+
+@needs_hf
 def test_hf_model_type_must_be_a_decoder_only_causal_lm() -> None:
     with pytest.raises(ConfigError, match=r"hf_model_type='bert'.*not a causal LM"):
         model_of("rmt_hf", hf_model_type="bert")
