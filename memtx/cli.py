@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Annotated, NoReturn, Optional, ParamSpec
 import typer
 
 from memtx.errors import MemtxError
+from memtx.paths import check_writable_folder
 
 app = typer.Typer(
     name="memtx",
@@ -160,6 +160,16 @@ def eval_(
     from memtx.train import evaluate_run, evaluate_task_run, load_saved_run
 
     if segments is not None or load_saved_run(run).task is not None:
+        text_only = {
+            "--split": split != "valid",
+            "--data": data is not None,
+            "--set": bool(set_),
+            "--max-tokens": max_tokens != 0,
+            "--rows": rows != 8,
+        }
+        given = [name for name, used in text_only.items() if used]
+        if given:
+            _fail(f"{', '.join(given)}: for text runs; a task run takes --segments and --samples")
         metrics = evaluate_task_run(run, segments=segments, samples=samples)
         if as_json:
             typer.echo(json.dumps(metrics))
@@ -308,7 +318,7 @@ def bench_mrbp(
 
     lengths = _int_list(rollouts, name="--rollouts")
     _at_least(steps, 1, name="--steps")
-    _out_folder(out)
+    check_writable_folder(out)
     run_mrbp_benchmark(out_dir=out, rollouts=lengths, steps=steps)
     typer.echo(f"wrote {out / 'mrbp.md'} and {out / 'mrbp.png'}")
 
@@ -336,7 +346,7 @@ def bench_scaling(
     points = _int_list(lengths, name="--lengths")
     _at_least(mem_len, 0, name="--mem-len")
     _device(device)
-    _out_folder(out)
+    check_writable_folder(out)
     run_scaling_benchmark(out_dir=out, models=names, lengths=points, mem_len=mem_len, device=device)
     typer.echo(f"wrote {out / 'scaling.md'} and {out / 'scaling.png'}")
 
@@ -369,7 +379,7 @@ def repro_rmt(
 
     chosen = _names(variants, name="--variants", known=list(RMT_VARIANTS))
     names = _names(tasks, name="--tasks", known=["copy", "reverse"])
-    _out_folder(out)
+    check_writable_folder(out)
 
     path = run_repro(
         out_dir=out,
@@ -418,7 +428,7 @@ def repro_memformer(
         _fail(f"--caches expects at least one cache length, got {caches!r}")
     _at_least(steps, 1, name="--steps")
     _at_least(threads, 1, name="--threads")
-    _out_folder(out)
+    check_writable_folder(out)
     path = run_repro(
         out_dir=out,
         runs_dir=runs,
@@ -447,7 +457,7 @@ def bench_peers(
 
     _at_least(steps, 1, name="--steps")
     _at_least(threads, 1, name="--threads")
-    _out_folder(out)
+    check_writable_folder(out)
     run_peers_benchmark(out_dir=out, steps=steps, threads=threads)
     typer.echo(f"wrote {out / 'peers.md'}")
 
@@ -470,7 +480,7 @@ def repro_tmr(
 
     from memtx.repro.tmr import repro_tmr as run_repro
 
-    _out_folder(out)
+    check_writable_folder(out)
     path = run_repro(
         out_dir=out,
         seeds=_int_list(seeds, name="--seeds", minimum=0),
@@ -543,20 +553,6 @@ def _device(device: str) -> None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (int(index) if index.isdigit() else 0) >= count:
             _fail(f"--device is {device!r} but this machine has {count} CUDA GPU(s)")
-
-
-def _out_folder(folder: Path) -> None:
-    """Exit 2 unless ``--out`` is, or can be made, a folder this process may write into.
-
-    Checked before the (long) work starts, without creating anything.
-    """
-    if folder.exists() and not folder.is_dir():
-        _fail(f"--out {folder} is a file, not a folder")
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        _fail(f"--out {folder} cannot be written: {existing} is not a writable folder")
 
 
 def run() -> None:

@@ -12,7 +12,6 @@ document through a trained Memformer, collects that attention from ``aux``, and 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from memtx.config import MemformerConfig
 from memtx.data import load_tokenizer
 from memtx.errors import ConfigError, DataError
+from memtx.paths import check_writable_folder
 from memtx.recurrence import stream
 
 __all__ = ["MemoryReport", "inspect_memory"]
@@ -95,7 +95,7 @@ def inspect_memory(
     if corpus is not None and not corpus.strip():
         raise DataError("--data is empty: give a corpus name, a text file or a folder")
     folder = Path(out_dir) if out_dir is not None else Path(run_dir) / "inspect"
-    _check_writable_folder(folder)
+    check_writable_folder(folder)
     run, model = load_trained(Path(run_dir), device="cpu")
     cfg = run.model
     if not isinstance(cfg, MemformerConfig) or not cfg.use_memory:
@@ -159,23 +159,6 @@ def inspect_memory(
     )
     report.files.append(summary_file)
     return report
-
-
-def _check_writable_folder(folder: Path) -> None:
-    """Raise DataError unless ``folder`` is, or can be made, a writable folder.
-
-    Checked before any work, and without creating anything: ``folder`` must not be a file,
-    and its nearest existing ancestor must be a folder this process may write into.
-    """
-    if folder.exists() and not folder.is_dir():
-        raise DataError(f"cannot write the report into {folder}: it is a file, not a folder")
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise DataError(f"cannot write the report into {folder}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"cannot write the report into {folder}: {existing} is not writable")
 
 
 def _plot(report: MemoryReport, out_dir: Path) -> list[Path]:

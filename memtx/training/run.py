@@ -12,7 +12,6 @@ stateful parts: each part's tensors go to ``train_state.safetensors`` under
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple, Protocol
@@ -35,6 +34,7 @@ from memtx.checkpoint import (
 )
 from memtx.config import parse_overrides
 from memtx.errors import ConfigError
+from memtx.paths import check_writable_folder
 
 __all__ = [
     "RunStart",
@@ -86,13 +86,6 @@ class OptimizerPart:
         self.state_dict = join_optimizer_state(tensors, meta)
 
 
-def _nearest_existing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 class RunFolder:
     """A run's folder: checked on creation, written only by the main process.
 
@@ -112,13 +105,7 @@ class RunFolder:
         self.resume = resume
         self.main = main
         self._metrics: IO[str] | None = None
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"--out {self.path} is a file, not a folder")
-        anchor = _nearest_existing(self.path)
-        if not anchor.is_dir():
-            raise ConfigError(f"--out {self.path} cannot be created: {anchor} is not a folder")
-        if not os.access(anchor, os.W_OK | os.X_OK):
-            raise ConfigError(f"--out {self.path} cannot be written: no permission on {anchor}")
+        check_writable_folder(self.path)
         if resume:
             if not self.config_path.is_file():
                 raise ConfigError(f"--resume: {self.path} holds no run (no config.json)")
@@ -141,7 +128,10 @@ class RunFolder:
     def create(self, config: dict[str, Any]) -> None:
         """Make the folder and write ``config.json`` (a new run, main process)."""
         if self.main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"--out {self.path} cannot be created: {exc.strerror}") from None
             if not self.resume:
                 atomic_write_text(self.config_path, json.dumps(config, indent=1) + "\n")
 

@@ -255,7 +255,7 @@ def test_inspect_rejects_bad_input(memformer_run: Path, tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     cases = [
-        (["--out", str(a_file)], "it is a file, not a folder"),
+        (["--out", str(a_file)], "is a file, not a folder"),
         (["--out", str(a_file / "sub")], "is not a folder"),
         (["--max-segments", "0"], "--max-segments must be >= 1, got 0"),
         (["--max-segments", "-3"], "--max-segments must be >= 1, got -3"),
