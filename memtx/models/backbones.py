@@ -20,17 +20,12 @@ its output, the next index).
 - :class:`BuiltinBackbone`: our pre-LN :class:`memtx.modules.Block` stack, rotary
   positions, the mask handed to ``scaled_dot_product_attention`` as a boolean matrix, a
   token embedding tied to the head.
-- :class:`HFBackbone`: any Hugging Face causal LM (``pip install memtx[hf]``), built from
-  a config with our sizes (``hf_model_type``, default GPT-2, randomly initialised) or
-  loaded from a local folder (``hf_path``: only ``*.safetensors`` weights and JSON are
-  read, never a pickle). Inputs go in through ``inputs_embeds`` with explicit
-  ``position_ids`` and the mask as an additive float 4-D mask ``[1, 1, T, T]``:
-  transformers 5.x hands a 4-D ``attention_mask`` to the attention function unchanged
-  (``masking_utils._preprocess_mask_arguments``), and both the ``sdpa`` and the ``eager``
-  implementations add it to the scores; any other implementation is refused. Embedding,
-  dropout and head are the HF model's own; a loaded folder keeps its dropout and
-  feed-forward width, and its vocabulary, width, depth and heads must equal the config's
-  (a mismatch is a :class:`ConfigError` naming the field).
+- :class:`HFBackbone`: any Hugging Face causal LM (``pip install memtx[hf]``), built or
+  loaded by :func:`memtx.models.hf.load_hf_model` (from our sizes, or a local folder of
+  safetensors and JSON). Inputs go in through ``inputs_embeds`` with explicit
+  ``position_ids`` and the mask as an additive float 4-D mask ``[1, 1, T, T]``, which the
+  ``sdpa`` and ``eager`` attention implementations add to the scores (see that module).
+  Embedding, dropout and head are the HF model's own.
 
 A backbone is an ``nn.Module`` whose children are named as in the checkpoints of the model
 using it (``embed``, ``ln_out``, ``blocks``; ``hf``): the model registers them on itself
@@ -40,9 +35,7 @@ backbones were split out."""
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple, Protocol, cast
 
 import torch
@@ -50,10 +43,9 @@ from torch import Tensor, nn
 
 from memtx.config import ModelConfig, RMTConfig
 from memtx.errors import ConfigError
+from memtx.models.hf import HF_INSTALL_HINT, HF_SIZE_NAMES, hf_size, load_hf_model
 from memtx.models.protocol import init_gpt2_weights
 from memtx.modules import Block, RotaryEmbedding
-
-HF_INSTALL_HINT = "pip install memtx[hf]"
 
 #: one layer's self-attention keys and values, each [B, H, past, hd]
 KVCache = tuple[Tensor, Tensor]
@@ -229,57 +221,20 @@ class HFBackbone(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.hf: Any = model  # a ``transformers`` PreTrainedModel (untyped here)
-        self.width = int(_hf_size(model.config, _HF_SIZE_NAMES["d_model"]))
-        self.n_layers = int(_hf_size(model.config, _HF_SIZE_NAMES["n_layers"]))
-        self.max_positions: int | None = _hf_size(model.config, _HF_SIZE_NAMES["positions"])
+        self.width = int(hf_size(model.config, HF_SIZE_NAMES["d_model"]))
+        self.n_layers = int(hf_size(model.config, HF_SIZE_NAMES["n_layers"]))
+        self.max_positions: int | None = hf_size(model.config, HF_SIZE_NAMES["positions"])
         # Older architectures have no ``logits_to_keep``: they compute every position's.
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @classmethod
     def build(cls, config: RMTConfig, *, positions: int) -> HFBackbone:
-        """From ``config.hf_path`` (a local folder) or ``hf_model_type`` with our sizes.
-
-        Args:
-            config: the sizes, dropout and the ``hf_*`` settings.
-            positions: the position table of a model built from a config.
+        """The backbone over the model :func:`memtx.models.hf.load_hf_model` makes.
 
         Raises:
-            ConfigError: transformers missing, not a causal LM, sizes that differ from
-                the folder's, a folder without safetensors weights, an attention
-                implementation that ignores our mask.
+            ConfigError: see :func:`~memtx.models.hf.load_hf_model`.
         """
-        if config.hf_path is not None:
-            transformers, _ = _hf_from_folder(config)
-
-            def make(attn: str) -> nn.Module:
-                return transformers.AutoModelForCausalLM.from_pretrained(
-                    config.hf_path,
-                    local_files_only=True,
-                    use_safetensors=True,  # never unpickle a .bin
-                    attn_implementation=attn,
-                )
-        else:
-            transformers, hf_config = _transformers(), _hf_config_from_ours(config, positions)
-
-            def make(attn: str) -> nn.Module:
-                return transformers.AutoModelForCausalLM.from_config(
-                    hf_config, attn_implementation=attn
-                )
-
-        try:
-            try:
-                model = make("sdpa")
-            except ValueError:  # the architecture has no sdpa path
-                model = make("eager")
-        except OSError as exc:  # unreadable or incomplete weights in hf_path
-            raise ConfigError(f"model.hf_path={config.hf_path!r}: cannot load: {exc}") from None
-        attn = getattr(model.config, "_attn_implementation", None)
-        if attn not in _HF_ATTENTION:
-            raise ConfigError(
-                f"the Hugging Face model uses attention {attn!r}; RMT's mask needs one of "
-                f"{', '.join(_HF_ATTENTION)}"
-            )
-        return cls(model)
+        return cls(load_hf_model(config, positions=positions))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -365,141 +320,3 @@ class HFBackbone(nn.Module):
             f"cannot find the layers of the Hugging Face {type(self.hf).__name__} "
             "(a layer_hook needs them)"
         )
-
-
-# Our sizes under the names HF configs use; the first name a config knows is set.
-_HF_SIZE_NAMES: dict[str, tuple[str, ...]] = {
-    "d_model": ("n_embd", "hidden_size", "d_model"),
-    "n_layers": ("n_layer", "num_hidden_layers", "num_layers"),
-    "n_heads": ("n_head", "num_attention_heads", "num_heads"),
-    "d_ff": ("n_inner", "intermediate_size", "ffn_dim"),
-    "positions": ("n_positions", "max_position_embeddings"),
-}
-_HF_DROPOUT_NAMES = (
-    "resid_pdrop",
-    "embd_pdrop",
-    "attn_pdrop",
-    "attention_dropout",
-    "hidden_dropout",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "embed_dropout",
-    "dropout",
-)
-_HF_ATTENTION = ("sdpa", "eager")  # implementations that add our 4-D mask to the scores
-
-
-def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError:
-        raise ConfigError(
-            f"model.backbone='hf' needs the transformers package: {HF_INSTALL_HINT}"
-        ) from None
-    return transformers
-
-
-def _hf_size(hf_config: Any, names: tuple[str, ...]) -> Any:
-    for name in names:
-        value = getattr(hf_config, name, None)
-        if value is not None:
-            return value
-    return None
-
-
-def _has_field(hf_config: Any, name: str) -> bool:
-    return name in vars(hf_config) or name in getattr(hf_config, "attribute_map", {})
-
-
-def _check_causal_lm(hf_config: Any, *, where: str) -> None:
-    """Refuse configs that are not decoder-only causal LMs (BERT-likes, encoder-decoders)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    model_type = getattr(hf_config, "model_type", None)
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ConfigError(f"{where} is a {model_type!r} model, not a Hugging Face causal LM")
-    if getattr(hf_config, "is_encoder_decoder", False):
-        raise ConfigError(f"{where} is an encoder-decoder ({model_type!r}), not a causal LM")
-    # Encoder families (BERT, RoBERTa, ...) carry an ``is_decoder`` flag; decoder-only ones don't.
-    if getattr(hf_config, "is_decoder", None) is False:
-        raise ConfigError(
-            f"{where} is an encoder model ({model_type!r} with is_decoder=False), "
-            "not a causal LM; RMT's decoder layout needs a decoder-only model"
-        )
-
-
-def _hf_config_from_ours(config: RMTConfig, positions: int) -> Any:
-    transformers = _transformers()
-    model_type = config.hf_model_type
-    where = f"model.hf_model_type={model_type!r}"
-    try:
-        default = transformers.AutoConfig.for_model(model_type)
-    except ValueError:
-        raise ConfigError(f"{where} is not a Hugging Face model type") from None
-    _check_causal_lm(default, where=where)
-    wanted = {
-        "d_model": config.d_model,
-        "n_layers": config.n_layers,
-        "n_heads": config.n_heads,
-        "d_ff": config.ffn_dim,
-        "positions": positions,
-    }
-    kwargs: dict[str, Any] = {"vocab_size": config.vocab_size}
-    for key, value in wanted.items():
-        name = next((n for n in _HF_SIZE_NAMES[key] if _has_field(default, n)), None)
-        if name is None and key != "d_ff":
-            raise ConfigError(f"{where}: cannot set {key} (none of {_HF_SIZE_NAMES[key]})")
-        if name is not None:
-            kwargs[name] = value
-    if _has_field(default, "num_key_value_heads"):
-        kwargs["num_key_value_heads"] = config.n_heads
-    for name in _HF_DROPOUT_NAMES:
-        if _has_field(default, name) and isinstance(getattr(default, name), float):
-            kwargs[name] = config.dropout
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        token_id = getattr(default, name, None)
-        if isinstance(token_id, int) and token_id >= config.vocab_size:
-            kwargs[name] = None  # GPT-2's 50256 does not exist in a small vocabulary
-    return transformers.AutoConfig.for_model(model_type, **kwargs)
-
-
-def _hf_from_folder(config: RMTConfig) -> tuple[Any, Any]:
-    transformers = _transformers()
-    path = Path(config.hf_path or "")
-    where = f"model.hf_path={str(path)!r}"
-    if not path.is_dir():
-        raise ConfigError(f"{where} is not a folder")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{where} has no config.json: not a Hugging Face model folder")
-    try:
-        json.loads(config_file.read_text(encoding="utf-8"))
-        hf_config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except (ValueError, OSError, KeyError) as exc:
-        raise ConfigError(f"{where}: config.json cannot be read: {exc}") from None
-    _check_causal_lm(hf_config, where=where)
-    if config.hf_model_type not in ("gpt2", hf_config.model_type):
-        raise ConfigError(
-            f"model.hf_model_type={config.hf_model_type!r} but {where} holds a "
-            f"{hf_config.model_type!r} model (the folder decides; leave hf_model_type unset)"
-        )
-    for ours, names in (
-        ("vocab_size", ("vocab_size",)),
-        ("d_model", _HF_SIZE_NAMES["d_model"]),
-        ("n_layers", _HF_SIZE_NAMES["n_layers"]),
-        ("n_heads", _HF_SIZE_NAMES["n_heads"]),
-    ):
-        theirs = _hf_size(hf_config, names)
-        if theirs is not None and theirs != getattr(config, ours):
-            raise ConfigError(
-                f"model.{ours} ({getattr(config, ours)}) does not match the model in {where} "
-                f"({names[0]}={theirs}); set model.{ours}={theirs}"
-            )
-    if not any(path.glob("*.safetensors")):
-        found = ", ".join(sorted(p.name for p in path.iterdir() if p.is_file()))
-        raise ConfigError(
-            f"{where} has no *.safetensors weights (found: {found}); memtx loads only "
-            "safetensors and JSON, never pickled weights such as pytorch_model.bin: save the "
-            "model with save_pretrained(..., safe_serialization=True)"
-        )
-    return transformers, hf_config

@@ -1,0 +1,133 @@
+"""Facts in noise: question answering about a few facts hidden in real text.
+
+``num_facts`` facts ``"The key of NAME is 123. "`` about distinct names are spliced at
+random places into a window of real text (``noise``: a 1-D uint8/uint16 array of byte
+tokens, e.g. a corpus), then comes ``"What is the key of NAME? "`` about one of them, then
+the answer (``value_len`` digits, the only scored tokens). The question and its answer
+must fit in one segment (the last).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from memtx.data.tasks.base import VOCAB_SIZE, Task, at_least
+from memtx.errors import ConfigError
+
+__all__ = ["NAMES", "FactsTask"]
+
+_NAMES = "Alice Bob Carol David Emma Frank Grace Henry Irene Jack Karen Leo Mona Nina Oscar Paul"
+NAMES: tuple[str, ...] = tuple(f"{_NAMES} Quinn Rosa Sam Tina".split())
+
+
+class FactsTask(Task):
+    """Facts hidden in real text, a question at the end (see the module docstring).
+
+    Args:
+        noise: a 1-D array of byte tokens (numpy uint8/uint16, an integer tensor, or
+            ``bytes``) of real text, longer than the noise window of a row.
+        num_facts: facts per row (1..20), about distinct names.
+        value_len: digits of each key (the answer).
+    """
+
+    name = "facts"
+    FACT = "The key of {name} is {value}. "
+    QUESTION = "What is the key of {name}? "
+
+    def __init__(
+        self,
+        *,
+        total_len: int,
+        segments: int,
+        segment_len: int,
+        seed: int,
+        noise: Any = None,
+        num_facts: int = 3,
+        value_len: int = 3,
+    ) -> None:
+        super().__init__(total_len=total_len, segments=segments, segment_len=segment_len, seed=seed)
+        at_least(self.name, "num_facts", num_facts, 1)
+        at_least(self.name, "value_len", value_len, 1)
+        if num_facts > len(NAMES):
+            raise ConfigError(
+                f"task {self.name!r}: num_facts must be <= {len(NAMES)}, got {num_facts}"
+            )
+        self.num_facts, self.value_len = num_facts, value_len
+        self.answer_len, self.chance = value_len, 0.1
+        longest = max(len(name) for name in NAMES)
+        self._check_question_fits(len(self.QUESTION.format(name="x" * longest)))
+        fact_len = len(self.FACT.format(name="x" * longest, value="0" * value_len))
+        question_len = len(self.QUESTION.format(name="x" * longest))
+        needed = num_facts * fact_len + question_len + value_len - 1
+        if needed > total_len:
+            raise ConfigError(
+                f"task {self.name!r}: total_len ({total_len}) is too small for {num_facts} facts "
+                f"and the question: it needs up to {needed} input tokens"
+            )
+        self.noise = _noise_tokens(noise)
+        window = total_len + 1 - value_len  # the most noise a row can need
+        if self.noise.numel() < window:
+            raise ConfigError(
+                f"task {self.name!r}: the noise has {self.noise.numel()} tokens, but a row "
+                f"needs up to {window}"
+            )
+
+    def _sequences(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        length = self.total_len + 1
+        sequence = torch.empty(batch, length, dtype=torch.long)
+        answer = torch.zeros(batch, length, dtype=torch.bool)
+        for row in range(batch):
+            names = torch.randperm(len(NAMES), generator=generator)[: self.num_facts].tolist()
+            digits = torch.randint(0, 10, (self.num_facts, self.value_len), generator=generator)
+            values = ["".join(str(d) for d in row_digits) for row_digits in digits.tolist()]
+            asked = int(torch.randint(0, self.num_facts, (1,), generator=generator))
+            facts = [
+                _encode(self.FACT.format(name=NAMES[n], value=v)) for n, v in zip(names, values)
+            ]
+            tail = _encode(self.QUESTION.format(name=NAMES[names[asked]]) + values[asked])
+            noise_len = length - len(tail) - sum(len(f) for f in facts)
+            last_start = self.noise.numel() - noise_len
+            start = int(torch.randint(0, last_start + 1, (1,), generator=generator))
+            noise = self.noise[start : start + noise_len]
+            cuts = torch.randint(0, noise_len + 1, (self.num_facts,), generator=generator)
+            pieces, previous = [], 0
+            for cut, fact in zip(sorted(cuts.tolist()), facts):
+                pieces += [noise[previous:cut], fact]
+                previous = cut
+            pieces += [noise[previous:], tail]
+            sequence[row] = torch.cat(pieces)
+            answer[row, -self.value_len :] = True
+        return sequence, answer
+
+
+def _encode(text: str) -> Tensor:
+    return torch.tensor(list(text.encode("ascii")), dtype=torch.long)
+
+
+def _noise_tokens(noise: Any) -> Tensor:
+    """A 1-D long tensor of byte tokens from the accepted noise types."""
+    hint = "facts needs noise: a 1-D uint8/uint16 array of byte tokens of real text"
+    if noise is None:
+        raise ConfigError(f"{hint} (e.g. a corpus's bytes)")
+    if isinstance(noise, (bytes, bytearray, memoryview)):
+        tokens = torch.frombuffer(bytearray(noise), dtype=torch.uint8).long()
+    elif isinstance(noise, np.ndarray):
+        if noise.dtype.kind not in "ui":
+            raise ConfigError(f"{hint}, got a numpy array of dtype {noise.dtype}")
+        tokens = torch.from_numpy(noise.astype(np.int64))
+    elif isinstance(noise, Tensor):
+        if noise.dtype.is_floating_point or noise.dtype.is_complex or noise.dtype == torch.bool:
+            raise ConfigError(f"{hint}, got a tensor of dtype {noise.dtype}")
+        tokens = noise.detach().cpu().long()
+    else:
+        raise ConfigError(f"{hint}, got {type(noise).__name__}")
+    if tokens.dim() != 1 or tokens.numel() == 0:
+        raise ConfigError(f"{hint}, got shape {tuple(tokens.shape)}")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= VOCAB_SIZE:
+        raise ConfigError(f"{hint}: token ids must be in [0, {VOCAB_SIZE}), got {low}..{high}")
+    return tokens
