@@ -210,3 +210,7 @@ def test_task_run_evaluates_at_longer_lengths_from_the_cli(tmp_path: Path) -> No
         assert metrics["segments"] == segments and 0 <= metrics["token_accuracy"] <= 1
     result = runner.invoke(app, ["eval", "--run", str(tmp_path / "run"), "--segments", "0"])
     assert result.exit_code == 2 and "--segments must be >= 1" in result.stderr
+    for extra in (["--split", "test"], ["--max-tokens", "10"], ["--rows", "2"], ["--data", "x"]):
+        result = runner.invoke(app, ["eval", "--run", str(tmp_path / "run"), *extra])
+        assert result.exit_code == 2, result.output
+        assert f"{extra[0]}: for text runs" in result.stderr
