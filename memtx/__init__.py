@@ -8,6 +8,7 @@ out = model.step(tokens, memory)      # out.logits [B, L, V], out.memory
 """
 
 from memtx.config import (
+    ARMTConfig,
     DataConfig,
     MemformerConfig,
     ModelConfig,
@@ -25,6 +26,7 @@ from memtx.models import SegmentLM, SegmentModel, StepOutput, build, from_config
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARMTConfig",
     "ConfigError",
     "DataConfig",
     "DataError",

@@ -18,6 +18,7 @@ from memtx.config.checks import Checked, construct, section_tables
 from memtx.config.loading import load_config_tables, load_run_config, parse_overrides
 from memtx.config.models import (
     MODEL_CONFIGS,
+    ARMTConfig,
     MemformerConfig,
     ModelConfig,
     RMTConfig,
@@ -28,6 +29,7 @@ from memtx.config.models import (
 from memtx.config.run import SECTIONS, DataConfig, RunConfig, TaskConfig, TrainConfig
 
 __all__ = [
+    "ARMTConfig",
     "MODEL_CONFIGS",
     "SECTIONS",
     "Checked",

@@ -11,6 +11,7 @@ from memtx.errors import ConfigError
 
 __all__ = [
     "MODEL_CONFIGS",
+    "ARMTConfig",
     "MemformerConfig",
     "ModelConfig",
     "RMTConfig",
@@ -186,8 +187,48 @@ class RMTConfig(ModelConfig):
         self._at_least("memory_tokens", 1)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ARMTConfig(ModelConfig):
+    """Associative Recurrent Memory Transformer (Rodkin et al. 2024).
+
+    Attributes:
+        memory_tokens: m, the learned memory tokens appended to every segment; their
+            outputs write into each layer's associative memory.
+        d_mem: width of the key and query projections before the feature map.
+        nu: the DPFP feature map's order; keys are ``2 * nu * d_mem`` wide.
+        correction: the normaliser's correction (the paper's gamma); False adds every
+            key to the normaliser in full.
+        backbone: ``"builtin"`` (our causal blocks) or ``"hf"`` (a Hugging Face
+            causal LM, ``pip install memtx[hf]``).
+        hf_path: a local folder with a Hugging Face causal LM (config and weights).
+        hf_model_type: with no ``hf_path``, build this HF architecture from a config
+            with our sizes (``"gpt2"``, ``"llama"``), randomly initialised.
+    """
+
+    name: ClassVar[str] = "armt"
+
+    memory_tokens: int = 16
+    d_mem: int = 64
+    nu: int = 3
+    correction: bool = True
+    backbone: Literal["builtin", "hf"] = "builtin"
+    hf_path: str | None = None
+    hf_model_type: str = "gpt2"
+
+    @property
+    def d_key(self) -> int:
+        """Width of the DPFP features of a key or query: ``2 * nu * d_mem``."""
+        return 2 * self.nu * self.d_mem
+
+    def _validate(self) -> None:
+        super()._validate()
+        for name in ("memory_tokens", "d_mem", "nu"):
+            self._at_least(name, 1)
+
+
 MODEL_CONFIGS: dict[str, type[ModelConfig]] = {
-    cls.name: cls for cls in (TransformerConfig, TransformerXLConfig, MemformerConfig, RMTConfig)
+    cls.name: cls
+    for cls in (TransformerConfig, TransformerXLConfig, MemformerConfig, RMTConfig, ARMTConfig)
 }
 
 

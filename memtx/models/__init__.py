@@ -14,6 +14,7 @@ _MODELS: dict[str, tuple[str, str]] = {
     "transformer_xl": ("memtx.models.transformer_xl", "TransformerXL"),
     "memformer": ("memtx.models.memformer", "Memformer"),
     "rmt": ("memtx.models.rmt", "RMT"),
+    "armt": ("memtx.models.armt", "ARMT"),
 }
 
 
@@ -25,7 +26,7 @@ def from_config(config: ModelConfig) -> SegmentLM:
 
 
 def build(name: str, **fields: Any) -> SegmentLM:
-    """Build model ``name`` ("transformer", "transformer_xl", "memformer", "rmt").
+    """Build model ``name`` ("transformer", "transformer_xl", "memformer", "rmt", "armt").
 
     Example:
         >>> model = build("transformer_xl", d_model=64, n_heads=2, n_layers=2, mem_len=32)

@@ -41,7 +41,7 @@ from typing import Any, NamedTuple, Protocol, cast
 import torch
 from torch import Tensor, nn
 
-from memtx.config import ModelConfig, RMTConfig
+from memtx.config import ARMTConfig, ModelConfig, RMTConfig
 from memtx.errors import ConfigError
 from memtx.models.hf import HF_INSTALL_HINT, HF_SIZE_NAMES, hf_size, load_hf_model
 from memtx.models.protocol import init_gpt2_weights
@@ -123,7 +123,9 @@ class Backbone(Protocol):
         ...
 
 
-def build_backbone(config: RMTConfig, *, positions: int) -> BuiltinBackbone | HFBackbone:
+def build_backbone(
+    config: RMTConfig | ARMTConfig, *, positions: int
+) -> BuiltinBackbone | HFBackbone:
     """The backbone ``config.backbone`` names (``positions``: a new HF model's table size).
 
     Raises:
@@ -228,7 +230,7 @@ class HFBackbone(nn.Module):
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @classmethod
-    def build(cls, config: RMTConfig, *, positions: int) -> HFBackbone:
+    def build(cls, config: RMTConfig | ARMTConfig, *, positions: int) -> HFBackbone:
         """The backbone over the model :func:`memtx.models.hf.load_hf_model` makes.
 
         Raises:

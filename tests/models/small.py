@@ -21,6 +21,11 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "rmt": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4}),
     "rmt_hf": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "backbone": "hf"}),
+    "armt": ("armt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "d_mem": 4}),
+    "armt_hf": (
+        "armt",
+        {**COMMON, "n_layers": 2, "memory_tokens": 4, "d_mem": 4, "backbone": "hf"},
+    ),
 }
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None

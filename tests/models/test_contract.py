@@ -13,7 +13,7 @@ from memtx.recurrence import rollout
 from tests.models.small import SMALL, small_model
 
 MODELS = list(SMALL)
-MEMORY_MODELS = [key for key in MODELS if SMALL[key][0] in ("memformer", "rmt")]
+MEMORY_MODELS = [key for key in MODELS if SMALL[key][0] in ("memformer", "rmt", "armt")]
 VOCAB = 32
 SEG = 8
 

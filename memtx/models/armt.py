@@ -1,0 +1,326 @@
+"""Associative Recurrent Memory Transformer (Rodkin, Kuratov, Bulatov, Burtsev 2024).
+
+RMT's memory tokens, but what they write goes into an associative matrix per layer,
+read by every position before that layer. Per segment the backbone reads
+
+    [tokens (L) ; memory tokens (m)]        causally; logits at the token positions only
+
+where the memory tokens are learned embeddings, the same every segment. Every layer l
+keeps ``A_l [d_key, d]`` and a normaliser ``z_l [d_key]`` (``d_key = 2 * nu * d_mem``) and,
+with the DPFP feature map ``phi`` (:func:`dpfp`):
+
+- read, into the input h of layer l at every position:
+  ``h + A_l phi(W_q h) / (z_l . phi(W_q h) + eps)``;
+- write, from layer l's outputs h at the m memory positions: ``k = phi(W_k h)``,
+  ``v = W_v h``, ``b = sigmoid(W_b h)``, ``v_old = A_l k / (z_l . k + eps)``, then
+  ``A_l += sum_i b_i (v_i - v_old_i) k_i^T`` (the delta rule) and ``z_l += sum_i g_i k_i``
+  with ``g = clip(1 - (z_l . k + eps) / (|k|^2 + eps), 0, 1)``, detached (the paper's
+  correction; ``g = 1`` with ``correction=False``).
+
+Both happen inside the backbone through its ``layer_hook`` (see
+:mod:`memtx.models.backbones`), so the built-in and the Hugging Face backbones (GPT-2,
+Llama, ...) run the same code and no Hugging Face code is copied.
+
+Choices the paper leaves open, as the authors' code (``modeling_amt/language_modeling.py``)
+makes them unless said otherwise:
+
+- Positions: tokens ``0 .. L-1`` (restarting every segment), memory tokens
+  ``segment_len .. segment_len + m - 1`` whatever L is, so a partial segment writes with
+  the same positions as a full one. The authors give the write tokens the last m rows of
+  GPT-2's table, extended by m; a Hugging Face model built here gets a table of
+  ``segment_len + m`` positions, so those are its last rows too; a loaded one must have
+  at least as many (it is not extended). Rotary backbones (builtin, Llama) use the same ids.
+- Mask: plain causal over ``[tokens ; memory tokens]``: tokens never see the memory
+  tokens of their own segment, memory tokens see every token and the memory tokens
+  before them. History reaches the tokens only through the read.
+- eps = 1e-5, added to ``z . phi(q)`` and ``z . k`` and to ``|k|^2`` in the correction, as
+  the authors do. phi >= 0 and g >= 0 keep z and every ``z . phi(x)`` >= 0, so each
+  denominator is at least eps: with empty memory the read is exactly 0.
+- The read goes into every position's layer input, memory positions included, from the
+  state the previous segments left (layer l reads A_l before this segment writes it).
+  The write uses the layer's output at the memory positions, after its residual: for
+  the last layer that is before the final norm.
+- First segment: the authors skip the read and write with ``v_old = 0, g = 1``. Here a
+  row whose ``reset`` flag is set reads A = 0, z = 0 (the read adds exactly 0) and writes
+  with g = 1, the same numbers, per row, so streams in one batch may start anywhere.
+- Init: ``W_q``, ``W_k`` (d -> d_mem, no bias) and ``W_b`` (d -> 1, with bias) keep
+  PyTorch's ``nn.Linear`` init, as the authors' do; ``W_v`` (d -> d, no bias) starts at
+  zero, so a new model's first writes store nothing and it starts as its backbone. The
+  memory tokens are N(0, s) with s the backbone's embedding scale (RMT's).
+- Layers are indexed 0 .. n_layers - 1 as the backbone's blocks; every layer has its own
+  projections and state, and all share ``nu`` and ``d_mem``.
+- Precision: A and z are kept in float32 (float64 for a float64 model) whatever the
+  backbone runs in; the projections, phi and the read/write products run with autocast
+  off in that dtype, and the read is cast back to the stream's dtype.
+- Dropout: none inside the associative read and write (noise in a long-lived state
+  compounds across segments); the backbone's dropout applies to the memory tokens.
+
+Memory value: :class:`ARMTMemory` ``(A [layers, B, d_key, d], z [layers, B, d_key],
+reset [B] bool)``; the batch is dim 1 of A and z. It carries gradient (through A, z and
+the keys), so the driver's MRBP equals full BPTT. ``step``'s ``aux`` holds, per layer and
+row, the mean write gate b and correction g of the segment (``write_gate``,
+``correction``, each [layers, B]) for ``memtx inspect``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memtx.config import ARMTConfig
+from memtx.errors import ConfigError, DataError
+from memtx.models.backbones import Backbone, LayerHook, adopt_backbone, build_backbone
+from memtx.models.protocol import (
+    CachedDecoding,
+    DecodeState,
+    SegmentLM,
+    StepOutput,
+    cache_mask,
+    check_memory_tensor,
+    check_memory_type,
+    register_batch_dims,
+)
+
+EPS = 1e-5  # the authors' guard on every denominator
+
+__all__ = ["ARMT", "EPS", "ARMTMemory", "AssociativeLayer", "dpfp"]
+
+
+class ARMTMemory(NamedTuple):
+    """ARMT's memory.
+
+    Attributes:
+        A: [layers, B, d_key, d] the associative matrix of each layer.
+        z: [layers, B, d_key] its normaliser.
+        reset: [B] bool; True where a row starts a new stream: it reads A and z as empty
+            and writes from empty (``init_memory`` sets it for every row).
+    """
+
+    A: Tensor
+    z: Tensor
+    reset: Tensor
+
+
+register_batch_dims(ARMTMemory, (1, 1, 0))
+
+
+class Write(NamedTuple):
+    """One layer's write: the new state and what the inspector shows."""
+
+    A: Tensor  # (B, d_key, d)
+    z: Tensor  # (B, d_key)
+    gate: Tensor  # (B,) mean b over the memory tokens
+    correction: Tensor  # (B,) mean g over the memory tokens
+
+
+def dpfp(x: Tensor, nu: int) -> Tensor:
+    """The DPFP feature map: [..., n] -> [..., 2 * nu * n], every feature >= 0.
+
+    ``x' = [relu(x), relu(-x)]``, then ``x'`` repeated nu times times ``x'`` rolled by
+    1 .. nu along the features.
+    """
+    doubled = torch.cat([F.relu(x), F.relu(-x)], dim=-1)  # (..., 2n)
+    rolled = torch.cat([doubled.roll(shifts=j, dims=-1) for j in range(1, nu + 1)], dim=-1)
+    return doubled.repeat(*([1] * (x.dim() - 1)), nu) * rolled
+
+
+class AssociativeLayer(nn.Module):
+    """The projections of one layer's associative memory, and its read and write."""
+
+    def __init__(self, d_model: int, d_mem: int, nu: int, *, correction: bool) -> None:
+        super().__init__()
+        self.nu, self.correction = nu, correction
+        self.query = nn.Linear(d_model, d_mem, bias=False)  # W_q
+        self.key = nn.Linear(d_model, d_mem, bias=False)  # W_k
+        self.value = nn.Linear(d_model, d_model, bias=False)  # W_v
+        self.gate = nn.Linear(d_model, 1)  # W_b
+        nn.init.zeros_(self.value.weight)
+
+    def _project(self, linear: nn.Linear, h: Tensor, dtype: torch.dtype) -> Tensor:
+        """``linear(h)`` in the parameters' dtype, returned in the state's ``dtype``."""
+        return linear(h.to(linear.weight.dtype)).to(dtype)
+
+    def read(self, stream: Tensor, A: Tensor, z: Tensor) -> Tensor:
+        """``stream`` [B, T, d] plus what A [B, d_key, d], z [B, d_key] associate with it."""
+        with torch.autocast(stream.device.type, enabled=False):
+            q = dpfp(self._project(self.query, stream, A.dtype), self.nu)  # (B, T, d_key)
+            numerator = torch.bmm(q, A)  # (B, T, d)
+            denominator = torch.bmm(q, z.unsqueeze(-1)) + EPS  # (B, T, 1)
+            return stream + (numerator / denominator).to(stream.dtype)
+
+    def write(self, outputs: Tensor, A: Tensor, z: Tensor, *, fresh: Tensor) -> Write:
+        """The delta-rule write of the memory positions' outputs [B, m, d].
+
+        ``fresh`` [B] bool marks rows whose A and z are empty (a stream's first segment):
+        their correction is 1, as the authors' first segment.
+        """
+        dtype = A.dtype
+        with torch.autocast(outputs.device.type, enabled=False):
+            k = dpfp(self._project(self.key, outputs, dtype), self.nu)  # (B, m, d_key)
+            v = self._project(self.value, outputs, dtype)  # (B, m, d)
+            b = torch.sigmoid(self._project(self.gate, outputs, dtype))  # (B, m, 1)
+            overlap = torch.bmm(k, z.unsqueeze(-1)) + EPS  # (B, m, 1) z . k
+            v_old = torch.bmm(k, A) / overlap  # (B, m, d) what A holds for k
+            if self.correction:
+                g = 1 - overlap / (k.square().sum(-1, keepdim=True) + EPS)
+                g = torch.where(fresh[:, None, None], 1.0, g.clamp(0, 1)).detach()
+            else:
+                g = torch.ones_like(overlap)
+            A = A + torch.bmm((b * k).transpose(1, 2), v - v_old)  # (B, d_key, d)
+            z = z + (g * k).sum(1)  # (B, d_key)
+        return Write(A, z, b.detach().mean((1, 2)), g.mean((1, 2)))
+
+
+class ARMT(SegmentLM):
+    """ARMT over one segment; memory = :class:`ARMTMemory` (see the module docstring)."""
+
+    memory_carries_grad = True
+    backbone: Backbone
+
+    def __init__(self, config: ARMTConfig) -> None:
+        super().__init__(config)
+        self.config: ARMTConfig = config
+        m = config.memory_tokens
+        backbone = build_backbone(config, positions=config.segment_len + m)
+        if backbone.max_positions is not None and backbone.max_positions < config.segment_len + m:
+            raise ConfigError(
+                f"the Hugging Face model has {backbone.max_positions} positions, but a segment "
+                f"needs segment_len + memory_tokens = {config.segment_len + m}"
+            )
+        adopt_backbone(self, backbone)  # embed.*, blocks.* or hf.*, as RMT's
+        tokens = torch.empty(m, config.d_model, dtype=backbone.dtype)
+        self.memory_embedding = nn.Parameter(tokens.normal_(std=backbone.init_std))
+        self.associative = nn.ModuleList(
+            AssociativeLayer(config.d_model, config.d_mem, config.nu, correction=config.correction)
+            for _ in range(backbone.n_layers)
+        ).to(backbone.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.memory_embedding.device
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """The dtype of A and z: float32, or float64 for a float64 model."""
+        return torch.promote_types(self.memory_embedding.dtype, torch.float32)
+
+    # ------------------------------------------------------------------ memory
+
+    def init_memory(
+        self, batch_size: int, *, device: torch.device | str | None = None
+    ) -> ARMTMemory:
+        """Empty A and z, every row marked ``reset``."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        cfg, device = self.config, device or self.device
+        layers, dtype = len(self.associative), self.state_dtype
+        A = torch.zeros(layers, batch_size, cfg.d_key, cfg.d_model, dtype=dtype, device=device)
+        z = torch.zeros(layers, batch_size, cfg.d_key, dtype=dtype, device=device)
+        return ARMTMemory(A, z, torch.ones(batch_size, dtype=torch.bool, device=device))
+
+    def _check_memory(self, memory: Any, tokens: Tensor) -> None:
+        check_memory_type(memory, ARMTMemory, model="armt")
+        cfg, batch, layers = self.config, tokens.shape[0], len(self.associative)
+        dtype = self.state_dtype
+        shape = (layers, batch, cfg.d_key, cfg.d_model)
+        check_memory_tensor(memory.A, name="A", shape=shape, like=tokens, dtype=dtype)
+        shape = (layers, batch, cfg.d_key)
+        check_memory_tensor(memory.z, name="z", shape=shape, like=tokens, dtype=dtype)
+        check_memory_tensor(
+            memory.reset, name="reset", shape=(batch,), like=tokens, dtype=torch.bool
+        )
+
+    def read_state(self, memory: ARMTMemory) -> tuple[Tensor, Tensor]:
+        """(A, z) a segment reads: empty (zeros) in the rows marked ``reset``."""
+        reset = memory.reset[None, :, None]  # (1, B, 1)
+        return memory.A.masked_fill(reset[..., None], 0.0), memory.z.masked_fill(reset, 0.0)
+
+    # ------------------------------------------------------------------ forward
+
+    def _hook(self, A: Tensor, z: Tensor, fresh: Tensor, writes: list[Write] | None) -> LayerHook:
+        """The layer hook: write layer ``index - 1``'s memory positions, read into ``index``.
+
+        ``writes`` collects the writes; None reads only (decoding, no memory positions).
+        """
+        m, layers = self.config.memory_tokens, len(self.associative)
+
+        def hook(index: int, stream: Tensor) -> Tensor:  # stream (B, T, d)
+            if writes is not None and index > 0:
+                layer = self.associative[index - 1]
+                writes.append(layer.write(stream[:, -m:], A[index - 1], z[index - 1], fresh=fresh))
+            if index < layers:
+                stream = self.associative[index].read(stream, A[index], z[index])
+            return stream
+
+        return hook
+
+    def step(self, tokens: Tensor, memory: ARMTMemory) -> StepOutput:
+        """One segment: tokens [B, L] (L <= segment_len) and an :class:`ARMTMemory`.
+
+        Returns:
+            logits [B, L, V] at the token positions, the next :class:`ARMTMemory`, and
+            ``aux`` ``write_gate`` and ``correction`` [layers, B].
+        """
+        self.check_tokens(tokens)
+        self._check_memory(memory, tokens)
+        cfg, (batch, length) = self.config, tokens.shape
+        m, device = cfg.memory_tokens, tokens.device
+        embedded = self.backbone.embed(tokens)  # (B, L, d)
+        slots = self.memory_embedding.to(embedded.dtype).expand(batch, m, -1)  # (B, m, d)
+        inputs = torch.cat([embedded, slots], dim=1)  # (B, T, d), T = L + m
+        positions = torch.cat(
+            [torch.arange(length, device=device), cfg.segment_len + torch.arange(m, device=device)]
+        )
+        causal = torch.ones(length + m, length + m, dtype=torch.bool, device=device).tril()
+        writes: list[Write] = []
+        A, z = self.read_state(memory)
+        hook = self._hook(A, z, memory.reset, writes)
+        out = self.backbone.run(
+            inputs, mask=causal, positions=positions, logits_at=slice(0, length), layer_hook=hook
+        )
+        new = ARMTMemory(
+            torch.stack([w.A for w in writes]),
+            torch.stack([w.z for w in writes]),
+            torch.zeros_like(memory.reset),
+        )
+        aux = {
+            "write_gate": torch.stack([w.gate for w in writes]),
+            "correction": torch.stack([w.correction for w in writes]),
+        }
+        return StepOutput(out.logits, new, aux)
+
+    # ------------------------------------------------------------------ generation
+
+    def cached_decoder(self) -> CachedDecoding | None:
+        """The builtin backbone decodes with a KV cache; HF backbones are recomputed."""
+        return self if self.backbone.supports_cache else None
+
+    def begin_decode(self, memory: ARMTMemory) -> DecodeState:
+        """An empty segment reading ``memory``'s A and z (tokens come before memory tokens,
+        so their logits never need the memory positions: ``advance`` writes them)."""
+        if not self.backbone.supports_cache:
+            raise ConfigError("cached decoding is only for the builtin backbone")
+        self._check_memory(memory, memory.reset[:, None].long())
+        A, z = self.read_state(memory)
+        empty: list[Any] = [None] * self.backbone.n_layers
+        return DecodeState(caches=empty, extra={"A": A, "z": z})
+
+    def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
+        self.check_decode(tokens, state)
+        n, device = tokens.shape[1], tokens.device
+        A, z = state.extra["A"], state.extra["z"]
+        positions = state.length + torch.arange(n, device=device)
+        out = self.backbone.run(
+            self.backbone.embed(tokens),
+            mask=cache_mask(state.length, n, device=device),
+            positions=positions,
+            caches=state.caches,
+            layer_hook=self._hook(A, z, torch.zeros(0, dtype=torch.bool), None),
+        )
+        assert out.caches is not None  # a run with caches returns them grown
+        grown = DecodeState(caches=out.caches, length=state.length + n, extra=state.extra)
+        return out.logits, grown
