@@ -401,7 +401,8 @@ def evaluate_task_run(
     """Answer accuracy of a task run on held-out samples of ``segments`` segments.
 
     Evaluating at more segments than the run was trained on measures how the memory
-    generalises to longer inputs (memory use stays that of one segment).
+    generalises to longer inputs (memory use stays that of one segment). A babilong run's
+    background comes from held-out documents (the corpus's test split, else valid).
     """
     run, model = load_trained(run_dir)
     if run.task is None:
@@ -409,7 +410,12 @@ def evaluate_task_run(
     segments = run.task.segments if segments is None else segments
     if segments < 1:
         raise ConfigError(f"--segments must be >= 1, got {segments}")
-    noise = prepare_data(run.data).train if run.task.name == "facts" else None
+    noise = eval_noise = None
+    if run.task.needs_background:
+        data = prepare_data(run.data)
+        noise = data.train
+        if run.task.name == "babilong":  # held-out documents: the test split (else valid)
+            eval_noise = data.test if len(data.test) else data.valid
     source = TaskSource(
         run.task,
         segment_len=run.model.segment_len,
@@ -417,9 +423,14 @@ def evaluate_task_run(
         rank=0,
         seed=run.train.seed,
         noise=noise,
+        eval_noise=eval_noise,
     )
     metrics = evaluate_task(
-        model, source.task(segments), samples=samples, device=model.device, seed=seed
+        model,
+        source.task(segments, held_out=True),
+        samples=samples,
+        device=model.device,
+        seed=seed,
     )
     return {"segments": float(segments), **metrics}
 

@@ -120,7 +120,9 @@ class TaskConfig(Checked):
     rollout covers all its segments (``train.rollout`` does not apply).
 
     Attributes:
-        name: ``copy``, ``reverse``, ``associative`` or ``facts`` (noise from ``data.corpus``).
+        name: ``copy``, ``reverse``, ``associative``, ``facts`` (noise from ``data.corpus``)
+            or ``babilong`` (bAbI stories in ``data.corpus``'s text: the train split for
+            training, held-out documents for validation and evaluation).
         segments: segments per sample at the end of the curriculum (and for evaluation).
         stages: segments per sample for each curriculum stage, e.g. ``[1, 2, 4, 8]``; each
             stage starts from the weights the last one ended with. Empty: ``[segments]``.
@@ -143,12 +145,16 @@ class TaskConfig(Checked):
         pairs: associative key-value pairs.
         num_facts: facts hidden in the noise.
         value_len: digits per fact value.
+        qa: babilong's bAbI task, ``qa1`` .. ``qa5`` (``memtx.data.tasks.babilong``).
+        story_facts: babilong facts per story, supporting and distractors (0: the task's
+            default: 4, 8, 10, 2, 8 for qa1..qa5).
+        background: babilong: False hides nothing, the story alone (BABILong's length 0).
     """
 
     section: ClassVar[str] = "task"
     infinite_ok: ClassVar[frozenset[str]] = frozenset({"stop_at"})  # any value > 1: never
 
-    name: Literal["copy", "reverse", "associative", "facts"] = "copy"
+    name: Literal["copy", "reverse", "associative", "facts", "babilong"] = "copy"
     segments: int = 9
     stages: tuple[int, ...] = ()
     source_stages: tuple[int, ...] = ()
@@ -163,6 +169,9 @@ class TaskConfig(Checked):
     pairs: int = 4
     num_facts: int = 2
     value_len: int = 3
+    qa: Literal["qa1", "qa2", "qa3", "qa4", "qa5"] = "qa1"
+    story_facts: int = 0
+    background: bool = True
 
     def _validate(self) -> None:
         for name in (
@@ -176,6 +185,7 @@ class TaskConfig(Checked):
         ):
             self._at_least(name, 1)
         self._at_least("source_len", 0)
+        self._at_least("story_facts", 0)
         self._at_least("last_stage_lr", 0.0)
         if any(not isinstance(n, int) or n < 1 for n in self.stages):
             raise ConfigError(f"task.stages must be segment counts >= 1, got {list(self.stages)}")
@@ -198,6 +208,11 @@ class TaskConfig(Checked):
                 f"task.stages ({len(self.stages)} stages) and task.source_stages "
                 f"({len(self.source_stages)}) must have the same length"
             )
+
+    @property
+    def needs_background(self) -> bool:
+        """The task hides its facts in real text: it needs ``data.corpus``."""
+        return self.name in ("facts", "babilong")
 
     @property
     def num_stages(self) -> int:
@@ -226,6 +241,8 @@ class TaskConfig(Checked):
             return params
         if self.name == "associative":
             return {"pairs": self.pairs}
+        if self.name == "babilong":
+            return {"qa": self.qa, "story_facts": self.story_facts, "background": self.background}
         return {"num_facts": self.num_facts, "value_len": self.value_len}
 
 

@@ -9,7 +9,9 @@ when the memory must start fresh, validates a model, and (for tasks) runs the cu
   fresh memory and the rollout covers all its segments. A curriculum moves through
   ``task.stages`` (segments per sample) and/or ``task.source_stages`` (copy/reverse source
   length), a stage ending when the held-out answer accuracy reaches ``task.advance_at`` or
-  after ``task.stage_steps`` steps.
+  after ``task.stage_steps`` steps. Tasks that hide facts in real text (facts, babilong) take
+  their background from ``noise`` (the train split); validation reads ``eval_noise``
+  (held-out documents) when given.
 """
 
 from __future__ import annotations
@@ -109,30 +111,40 @@ class TaskSource:
         rank: int,
         seed: int,
         noise: np.ndarray | None = None,
+        eval_noise: np.ndarray | None = None,
     ) -> None:
         self.cfg = cfg
         self.segment_len = segment_len
         self.rows = rows
         self.seed = seed
-        self.noise = noise
+        self.noise = noise  # background text of training samples (facts, babilong)
+        # Background of held-out samples: other documents, so validation never reads the
+        # training text (None: the training background, as facts always had).
+        self.eval_noise = eval_noise
         self.stage = 0
         self.stage_step = 0
         self.solved = False
         self.generator = torch.Generator().manual_seed(seed * 7919 + rank)
-        self._tasks: dict[tuple[int, int], Any] = {}
+        self._tasks: dict[tuple[int, int, bool], Any] = {}
         # A bad task config (at any stage) fails before training starts.
         for segments, source_len in zip(cfg.stage_segments, cfg.stage_sources, strict=True):
             self.task(segments, source_len=source_len)
+            self.task(segments, source_len=source_len, held_out=True)
         self.task(cfg.segments)
+        self.task(cfg.segments, held_out=True)
 
-    def task(self, segments: int, *, source_len: int | None = None) -> Any:
-        """The task with ``segments`` segments per sample (built once per shape)."""
+    def task(self, segments: int, *, source_len: int | None = None, held_out: bool = False) -> Any:
+        """The task with ``segments`` segments per sample (built once per shape); with
+        ``held_out``, its background is ``eval_noise`` (when given)."""
         from memtx.data.tasks import make_task
 
         source_len = self.cfg.stage_sources[-1] if source_len is None else source_len
-        key = (segments, source_len)
+        held_out = held_out and self.eval_noise is not None
+        key = (segments, source_len, held_out)
         if key not in self._tasks:
-            extra: dict[str, Any] = {"noise": self.noise} if self.cfg.name == "facts" else {}
+            extra: dict[str, Any] = {}
+            if self.cfg.needs_background:
+                extra["noise"] = self.eval_noise if held_out else self.noise
             self._tasks[key] = make_task(
                 self.cfg.name,
                 segments=segments,
@@ -158,9 +170,10 @@ class TaskSource:
         return Batch(sample.inputs, sample.targets, True, count)
 
     def validate(self, model: SegmentModel, *, device: torch.device) -> dict[str, float]:
+        source_len = self.cfg.stage_sources[self.stage]
         metrics = evaluate_task(
             model,
-            self.current_task,
+            self.task(self.segments, source_len=source_len, held_out=True),
             samples=self.cfg.eval_samples,
             device=device,
             seed=self.seed + 1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from memtx.data.tasks.babilong import BabilongTask
 from memtx.data.tasks.base import Task, task_lengths
 from memtx.data.tasks.facts import FactsTask
 from memtx.data.tasks.synthetic import AssociativeTask, CopyTask, ReverseTask
@@ -17,7 +18,7 @@ from memtx.errors import ConfigError
 __all__ = ["TASKS", "make_task"]
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (CopyTask, ReverseTask, AssociativeTask, FactsTask)
+    cls.name: cls for cls in (CopyTask, ReverseTask, AssociativeTask, FactsTask, BabilongTask)
 }
 
 
@@ -37,7 +38,8 @@ def make_task(
         >>> batch = task.sample(32)   # inputs/targets [32, 72]
 
     Args:
-        name: one of :data:`TASKS` (``copy``, ``reverse``, ``associative``, ``facts``).
+        name: one of :data:`TASKS` (``copy``, ``reverse``, ``associative``, ``facts``,
+            ``babilong``: the bAbI task in its ``qa`` parameter).
         total_len, segments, segment_len: any two (or ``total_len`` alone: one segment).
         seed: seeds the task's generator.
         params: the task's own parameters (see each task class); others are refused.

@@ -1,0 +1,317 @@
+"""BABILong-style tasks: bAbI stories in real text, answerable from their facts, scored
+BABILong's way; BABILong's published files."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from memtx.data.tasks import (
+    IGNORE_INDEX,
+    QA_TASKS,
+    PublishedTask,
+    answer_accuracy,
+    babilong_correct,
+    make_story,
+    make_task,
+    read_babilong,
+)
+from memtx.data.tasks.babilong import DIRECTIONS, GIVERS, OBJECTS, PEOPLE, PLACES
+from memtx.errors import ConfigError, DataError
+
+TEXT = (
+    b"It was a bright cold day in April, and the clocks were striking thirteen. "
+    b"Who could say what he meant?\nThe hallway smelt of boiled cabbage and old rag mats! "
+    b"At one end of it a coloured poster, too large for indoor display, had been tacked "
+    b"to the wall. "
+)
+NOISE = np.frombuffer(TEXT * 400, dtype=np.uint8)  # about 100K tokens
+SEGMENT_LEN = 64
+
+
+def task_of(qa: str, *, segments: int = 12, seed: int = 0, **params: object):
+    params = {"noise": NOISE, **params}
+    return make_task(
+        "babilong", segments=segments, segment_len=SEGMENT_LEN, seed=seed, qa=qa, **params
+    )
+
+
+def row_text(sample, row: int) -> str:
+    """The whole row: the inputs and the last target (the answer's last byte)."""
+    tokens = [*sample.inputs[row].tolist(), int(sample.targets[row, -1])]
+    return bytes(tokens).decode("ascii")
+
+
+# An independent reading of the stories: the facts are found in the text by their own
+# patterns and a small world is simulated from them.
+MOVE = r"(\w+) (?:moved|went|journeyed|travelled) to the (\w+)\."
+TAKE = r"(\w+) (?:picked up|got|grabbed|took) the (\w+) there\."
+DROP = r"(\w+) (?:dropped|discarded|put down|left) the (\w+)\."
+GIVE = r"(\w+) (?:gave|handed|passed) the (\w+) to (\w+)\."
+RELATION = r"The (\w+) is (north|south|east|west) of the (\w+)\."
+FACT = re.compile("|".join(f"(?:{p})" for p in (MOVE, TAKE, DROP, GIVE, RELATION)))
+OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
+
+
+def solve(facts: list[str], question: str) -> str:
+    at: dict[str, str] = {}
+    holder: dict[str, str] = {}
+    places: dict[str, list[str]] = {thing: [] for thing in OBJECTS}
+    gifts: list[tuple[str, str, str]] = []
+    relations: list[tuple[str, str, str]] = []
+
+    def put(thing: str, place: str) -> None:
+        if not places[thing] or places[thing][-1] != place:
+            places[thing].append(place)
+
+    for fact in facts:
+        if m := re.fullmatch(MOVE, fact):
+            at[m[1]] = m[2]
+            for thing in [t for t, p in holder.items() if p == m[1]]:
+                put(thing, m[2])
+        elif m := re.fullmatch(TAKE, fact):
+            holder[m[2]] = m[1]
+            if m[1] in at:
+                put(m[2], at[m[1]])
+        elif m := re.fullmatch(DROP, fact):
+            holder.pop(m[2], None)
+            if m[1] in at:
+                put(m[2], at[m[1]])
+        elif m := re.fullmatch(GIVE, fact):
+            holder[m[2]] = m[3]
+            gifts.append((m[1], m[2], m[3]))
+        elif m := re.fullmatch(RELATION, fact):
+            relations.append((m[1], m[2], m[3]))
+            relations.append((m[3], OPPOSITE[m[2]], m[1]))
+        else:
+            raise AssertionError(f"not a fact: {fact!r}")
+    if m := re.fullmatch(r"Where is (\w+)\?", question):
+        return at[m[1]]
+    if m := re.fullmatch(r"Where is the (\w+)\?", question):
+        return places[m[1]][-1]
+    if m := re.fullmatch(r"Where was the (\w+) before the (\w+)\?", question):
+        history = places[m[1]]
+        return history[len(history) - 1 - history[::-1].index(m[2]) - 1]
+    if m := re.fullmatch(r"What is (\w+) of the (\w+)\?", question):
+        (answer,) = {a for a, d, b in relations if (d, b) == (m[1], m[2])}
+        return answer
+    if m := re.fullmatch(r"What is the (\w+) (\w+) of\?", question):
+        (answer,) = {b for a, d, b in relations if (a, d) == (m[1], m[2])}
+        return answer
+    questions = {
+        r"Who gave the (\w+) to (\w+)\?": lambda g, t, r, q: (t, r) == q and g,
+        r"Who did (\w+) give the (\w+) to\?": lambda g, t, r, q: (g, t) == q and r,
+        r"What did (\w+) give to (\w+)\?": lambda g, t, r, q: (g, r) == q and t,
+        r"Who received the (\w+)\?": lambda g, t, r, q: (t,) == q and r,
+    }
+    for pattern, answer_of in questions.items():
+        if m := re.fullmatch(pattern, question):
+            return [a for g, t, r in gifts if (a := answer_of(g, t, r, m.groups()))][-1]
+    raise AssertionError(f"not a question: {question!r}")
+
+
+@pytest.mark.parametrize("qa", QA_TASKS)
+def test_samples_are_deterministic_per_seed(qa: str) -> None:
+    first, again, other = (task_of(qa, seed=s).sample(4) for s in (0, 0, 1))
+    assert torch.equal(first.inputs, again.inputs) and torch.equal(first.targets, again.targets)
+    assert not torch.equal(first.inputs, other.inputs)
+    assert torch.equal(task_of(qa).sample(3, seed=5).inputs, task_of(qa).sample(3, seed=5).inputs)
+
+
+@pytest.mark.parametrize("qa", QA_TASKS)
+def test_facts_in_order_at_sentence_starts_question_last_answer_scored(qa: str) -> None:
+    task = task_of(qa)
+    sample = task.sample(16, seed=3)
+    assert sample.inputs.shape == (16, 12 * SEGMENT_LEN)
+    for row in range(16):
+        text = row_text(sample, row)
+        question, answer = re.search(r"([A-Z][^.!?]*\?) (\w+)$", text).groups()  # type: ignore[union-attr]
+        scored = bytes(sample.targets[row][sample.answer_mask[row]].tolist()).decode()
+        assert scored == answer and (sample.targets[row] != IGNORE_INDEX).sum() == len(answer)
+        assert answer not in question
+        found = list(FACT.finditer(text))
+        assert found, text
+        facts = [m[0] for m in found]
+        # The question comes after every fact; each fact starts a sentence.
+        assert found[-1].end() < text.rindex(question)
+        for m in found:  # (a window can start just after a sentence end)
+            before = text[max(m.start() - 2, 0) : m.start()]
+            assert re.fullmatch(r"[.!?][ \n]|[ \n]?", before), (before, text)
+        # The rest is the background, in its own order (a slice of it).
+        rest = re.sub(f"(?:{FACT.pattern}) ", "", text[: text.rindex(question)])
+        assert rest.encode() in TEXT * 12
+        assert solve(facts, question) == answer
+
+
+@pytest.mark.parametrize("qa", QA_TASKS)
+def test_each_answer_follows_from_its_supporting_facts(qa: str) -> None:
+    rng = random.Random(0)
+    kinds = set()
+    for _ in range(300):
+        story = make_story(qa, {"qa4": 3}.get(qa, 8), rng)
+        assert story.answer not in story.question
+        assert solve(list(story.facts), story.question) == story.answer
+        supporting = [story.facts[i] for i in story.supporting]
+        assert solve(supporting, story.question) == story.answer, story
+        # One fact answers qa1, qa4 and qa5; qa2 needs two, qa3 three (four when a drop
+        # is part of the object's way).
+        assert len(story.supporting) in {"qa2": (2,), "qa3": (3, 4)}.get(qa, (1,))
+        entities = {*PLACES, *OBJECTS, *DIRECTIONS, *PEOPLE, *GIVERS}
+        kinds.add(" ".join(w for w in story.question[:-1].split() if w not in entities))
+    assert len(kinds) >= {"qa4": 2, "qa5": 4}.get(qa, 1)  # every question form occurs
+
+
+def test_story_facts_sets_the_story_and_relations_stay_on_a_grid() -> None:
+    rng = random.Random(1)
+    for facts in (1, 3, 5):
+        story = make_story("qa4", facts, rng)
+        assert len(story.facts) == facts
+        assert all(re.fullmatch(RELATION, f) for f in story.facts)
+    assert set(DIRECTIONS) == set(OPPOSITE)
+    assert len(make_story("qa1", 7, rng).facts) == 7
+
+
+def test_no_background_is_the_story_alone_padded_to_the_row() -> None:
+    task = make_task("babilong", segments=4, segment_len=SEGMENT_LEN, qa="qa1", background=False)
+    text = row_text(task.sample(1, seed=0), 0)
+    assert len(text) == 4 * SEGMENT_LEN + 1
+    story = text.lstrip(" ")
+    facts = [m[0] for m in FACT.finditer(story)]
+    assert len(facts) == 4 and story.startswith(facts[0])
+    question, answer = story.rsplit("? ", 1)
+    assert solve(facts, question.rsplit(". ", 1)[1] + "?") == answer
+
+
+def test_a_million_token_haystack_is_made_in_well_under_a_second() -> None:
+    background = np.tile(NOISE, 12)  # about 1.2M tokens
+    task = make_task(
+        "babilong", segments=16384, segment_len=SEGMENT_LEN, qa="qa2", noise=background
+    )
+    began = time.perf_counter()
+    sample = task.sample(1, seed=0)
+    elapsed = time.perf_counter() - began
+    assert sample.inputs.shape == (1, 2**20)
+    assert elapsed < 0.5, f"{elapsed:.2f} s"
+
+
+def test_teacher_forced_exact_match_is_exact_match_of_the_answer_word() -> None:
+    sample = task_of("qa1").sample(4, seed=0)
+    perfect = torch.nn.functional.one_hot(sample.targets.clamp(min=0), 256).float()
+    assert answer_accuracy(perfect, sample) == {"token_accuracy": 1.0, "exact_match": 1.0}
+    wrong = perfect.clone()
+    last = int(sample.answer_mask[0].nonzero()[-1])
+    wrong[0, last] = wrong[0, last].roll(1)  # one byte of row 0's word is wrong
+    assert answer_accuracy(wrong, sample)["exact_match"] == 0.75
+
+
+def test_babilongs_scoring_rule() -> None:
+    where = "Where is the football?"
+    assert babilong_correct("The football is in the kitchen.", "kitchen", where, "qa2")
+    assert babilong_correct("KITCHEN", "kitchen", where, "qa2")
+    assert not babilong_correct("kitchen or garden", "kitchen", where, "qa2")
+    assert not babilong_correct("garden", "kitchen", where, "qa2")
+    assert not babilong_correct("", "kitchen", where, "qa2")
+    # Only the first sentence counts; labels the question names are not predictions.
+    assert babilong_correct("kitchen. Or the garden.", "kitchen", where, "qa2")
+    before = "Where was the apple before the kitchen?"
+    assert babilong_correct("In the garden, then the kitchen", "garden", before, "qa3")
+    assert babilong_correct("Fred gave it to Bill", "Fred", "Who gave the milk to Bill?", "qa5")
+    assert babilong_correct("apple,milk", "apple,milk", "What is he carrying?", ["apple", "milk"])
+    assert not babilong_correct("apple", "apple,milk", "What is he carrying?", ["apple", "milk"])
+    with pytest.raises(ConfigError, match="unknown babilong task 'qa9'"):
+        babilong_correct("x", "y", "z", "qa9")
+
+
+def test_the_reader_reads_babilongs_files_into_samples(tmp_path: Path) -> None:
+    rows = [
+        {"input": "Some text. Mary went to the office. More text.", "question": "Where is "
+         "Mary?", "target": "office"},
+        {"input": "A longer background\u2014with a dash. John moved to the garden. " * 3,
+         "question": "Where is John?", "target": "garden"},
+    ]  # fmt: skip
+    (tmp_path / "0k.json").write_text(json.dumps(rows))
+    (tmp_path / "qa1.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for name in ("0k.json", "qa1.jsonl"):
+        records = read_babilong(tmp_path / name)
+        assert [r.target for r in records] == ["office", "garden"]
+        task = PublishedTask(records, segment_len=16)
+        sample = task.sample(2)
+        assert sample.inputs.shape[1] % 16 == 0
+        for row, record in enumerate(records):
+            scored = bytes(sample.targets[row][sample.answer_mask[row]].tolist())
+            assert scored == record.target.encode()
+            whole = bytes([*sample.inputs[row].tolist(), int(sample.targets[row, -1])])
+            expected = f"{record.input} {record.question} {record.target}".encode()
+            assert whole.lstrip(b" ") == expected.lstrip(b" ")
+        assert torch.equal(
+            task.sample(1).inputs, PublishedTask(records, segment_len=16).sample(1).inputs
+        )
+
+
+def test_a_model_is_scored_on_a_published_file(tmp_path: Path) -> None:
+    import memtx
+    from memtx.evaluate import evaluate_task
+
+    row = {"input": "Mary went to the office.", "question": "Where is Mary?", "target": "office"}
+    (tmp_path / "1k.json").write_text(json.dumps([row] * 3))
+    model = memtx.build(
+        "rmt", vocab_size=256, d_model=16, n_layers=1, n_heads=2, segment_len=16, memory_tokens=2
+    )
+    task = PublishedTask(read_babilong(tmp_path / "1k.json"), segment_len=16)
+    metrics = evaluate_task(model, task, samples=3, device="cpu", seed=0, batch_size=2)
+    assert set(metrics) == {"loss", "token_accuracy", "exact_match"}
+    assert 0 <= metrics["exact_match"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read BABILong file"),
+        ("{not json", "is not JSON or JSON lines"),
+        ('[{"input": "x", "question": "y"}]', "row 1 must be an object with string fields"),
+        ("[]", "has no rows"),
+    ],
+)
+def test_bad_published_files(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "qa1.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError, match=message) as error:
+        read_babilong(path)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: task_of("qa3", segments=2), "total_len \\(128\\) is too short for 10 facts"),
+        (lambda: make_task("babilong-qa9", total_len=512), "unknown task 'babilong-qa9'"),
+        (lambda: task_of("qa9"), "unknown babilong task 'qa9'"),
+        (lambda: task_of("qa4", story_facts=6), "story_facts must be in 1..5"),
+        (lambda: task_of("qa3", story_facts=2), "story_facts must be >= 3"),
+        (lambda: task_of("qa1", story_facts=-1), "story_facts must be an integer >= 0"),
+        (
+            lambda: task_of("qa1", noise=b"no sentence ends in here, none at all " * 100),
+            "no sentence boundary",
+        ),
+        (lambda: task_of("qa1", noise=NOISE[:600]), "a row needs a window of up to 769"),
+        (lambda: task_of("qa1", noise=None), "babilong needs background text"),
+        (lambda: task_of("qa1", noise=np.zeros(900)), "dtype float64"),
+        (lambda: task_of("qa1", segments=0), "segments must be an integer >= 1, got 0"),
+        (
+            lambda: make_task("babilong", segments=4, segment_len=16, qa="qa1", background=False),
+            "must fit in one segment",
+        ),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(make, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        make()
+    assert "\n" not in str(error.value)
