@@ -296,7 +296,11 @@ def sentence_starts(tokens: np.ndarray, *, chunk: int = 1 << 24) -> np.ndarray:
     found = []
     for first in range(0, max(len(tokens) - 1, 0), chunk):
         piece = tokens[first : first + chunk + 1]
-        ends = np.isin(piece[:-1], _SENTENCE_ENDS) & np.isin(piece[1:], _SPACES)
+        head, tail = piece[:-1], piece[1:]
+        ends = (
+            (head == _SENTENCE_ENDS[0]) | (head == _SENTENCE_ENDS[1]) | (head == _SENTENCE_ENDS[2])
+        )
+        ends &= (tail == _SPACES[0]) | (tail == _SPACES[1])
         found.append(np.flatnonzero(ends) + first + 2)
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
