@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from memtx.errors import ConfigError, DataError
-from memtx.inspect import inspect_memory
+from memtx.inspect import ARMTReport, inspect_memory
 from memtx.train import train
 from tests.helpers import tiny_run
 
@@ -43,3 +43,25 @@ def test_inspect_refuses_other_models(tmp_path: Path) -> None:
     train(tiny_run("train.steps=1"), out_dir=tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match="needs a Memformer"):
         inspect_memory(tmp_path / "run")
+
+
+ARMT = [
+    "model.name=armt",
+    "model.memory_tokens=4",
+    "model.d_mem=4",
+    "train.steps=2",
+]
+
+
+def test_inspect_reports_armt_state_per_layer_and_segment(tmp_path: Path) -> None:
+    train(tiny_run(*ARMT), out_dir=tmp_path / "run", progress=False)
+    report = inspect_memory(tmp_path / "run", max_segments=5, out_dir=tmp_path / "report")
+    assert isinstance(report, ARMTReport)
+    assert report.a_norms.shape == report.write_gate.shape == report.correction.shape == (5, 2)
+    assert np.all(report.a_norms > 0) and np.all(np.diff(report.a_norms[:2], axis=0) != 0)
+    assert np.all((report.write_gate > 0) & (report.write_gate < 1))
+    np.testing.assert_allclose(report.correction[0], 1.0)  # the first segment adds its keys
+    assert np.all((report.correction >= 0) & (report.correction <= 1))
+    assert {p.name for p in report.files} == {"armt.png", "memory.txt", "memory.json"}
+    assert all(p.stat().st_size > 0 for p in report.files)
+    assert "layer 1: |A|" in report.summary()

@@ -64,7 +64,7 @@ row, the mean write gate b and correction g of the segment (``write_gate``,
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -225,9 +225,10 @@ class ARMT(SegmentLM):
         check_memory_type(memory, ARMTMemory, model="armt")
         cfg, batch, layers = self.config, tokens.shape[0], len(self.associative)
         dtype = self.state_dtype
-        shape = (layers, batch, cfg.d_key, cfg.d_model)
-        check_memory_tensor(memory.A, name="A", shape=shape, like=tokens, dtype=dtype)
         shape = (layers, batch, cfg.d_key)
+        check_memory_tensor(
+            memory.A, name="A", shape=(*shape, cfg.d_model), like=tokens, dtype=dtype
+        )
         check_memory_tensor(memory.z, name="z", shape=shape, like=tokens, dtype=dtype)
         check_memory_tensor(
             memory.reset, name="reset", shape=(batch,), like=tokens, dtype=torch.bool
@@ -245,14 +246,14 @@ class ARMT(SegmentLM):
 
         ``writes`` collects the writes; None reads only (decoding, no memory positions).
         """
-        m, layers = self.config.memory_tokens, len(self.associative)
+        m, layers = self.config.memory_tokens, cast(list[AssociativeLayer], list(self.associative))
 
         def hook(index: int, stream: Tensor) -> Tensor:  # stream (B, T, d)
             if writes is not None and index > 0:
-                layer = self.associative[index - 1]
-                writes.append(layer.write(stream[:, -m:], A[index - 1], z[index - 1], fresh=fresh))
-            if index < layers:
-                stream = self.associative[index].read(stream, A[index], z[index])
+                last = index - 1
+                writes.append(layers[last].write(stream[:, -m:], A[last], z[last], fresh=fresh))
+            if index < len(layers):
+                stream = layers[index].read(stream, A[index], z[index])
             return stream
 
         return hook

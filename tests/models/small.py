@@ -31,6 +31,12 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
 
+def tokens(batch: int, length: int, *, seed: int = 1) -> torch.Tensor:
+    """Seeded random token ids [batch, length] of the tiny models' vocabulary."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, COMMON["vocab_size"], (batch, length), generator=gen)
+
+
 def small_model(key: str, **overrides: Any) -> memtx.SegmentLM:
     """Build the tiny model ``key`` (skips when an optional backbone is missing)."""
     name, fields = SMALL[key]

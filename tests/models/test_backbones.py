@@ -14,14 +14,6 @@ BACKBONES = ["rmt", "rmt_hf"]
 VOCAB, D, LAYERS = 32, 32, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def backbone_of(key: str) -> Backbone:
     model = small_model(key).eval()
     assert isinstance(model, RMT)

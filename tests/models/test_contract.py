@@ -10,7 +10,7 @@ import memtx
 from memtx.errors import DataError
 from memtx.models.protocol import detach_memory, memory_leaves
 from memtx.recurrence import rollout
-from tests.models.small import SMALL, small_model
+from tests.models.small import SMALL, small_model, tokens
 
 MODELS = list(SMALL)
 MEMORY_MODELS = [key for key in MODELS if SMALL[key][0] in ("memformer", "rmt", "armt")]
@@ -20,11 +20,6 @@ SEG = 8
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
-
-
-def tokens(batch: int, length: int, *, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, VOCAB, (batch, length), generator=gen)
 
 
 def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:

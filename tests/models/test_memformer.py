@@ -12,7 +12,7 @@ from memtx.errors import DataError
 from memtx.models.memformer import Memformer, MemformerMemory
 from memtx.models.protocol import memory_leaves
 from memtx.recurrence import rollout
-from tests.models.small import small_model
+from tests.models.small import small_model, tokens
 
 VOCAB = 32
 SEG = 8
@@ -22,11 +22,6 @@ HEADS = 2
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
-
-
-def tokens(batch: int, length: int, *, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, VOCAB, (batch, length), generator=gen)
 
 
 def memformer(**overrides: object) -> Memformer:

@@ -15,25 +15,11 @@ from memtx.data.tasks import make_task
 from memtx.errors import ConfigError, DataError
 from memtx.models.rmt import RMT, RMTMemory, rmt_attention_mask
 from memtx.recurrence import rollout
-from tests.models.small import HAS_TRANSFORMERS, small_model
+from tests.models.small import HAS_TRANSFORMERS, small_model, tokens
 
 BACKBONES = ["rmt", "rmt_hf"]
 VOCAB, SEG, M, D = 32, 8, 4, 32
 needs_hf = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers is not installed")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tokens(batch: int, length: int, *, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, VOCAB, (batch, length), generator=gen)
 
 
 def model_of(key: str, **overrides: object) -> RMT:
