@@ -178,7 +178,7 @@ def _build_source(
 ) -> TextSource | TaskSource:
     cfg = run.train
     if run.task is not None:
-        noise = data.train if run.task.name == "facts" else None
+        noise = data.train if run.task.needs_background else None
         return TaskSource(
             run.task,
             segment_len=run.model.segment_len,
@@ -186,6 +186,8 @@ def _build_source(
             rank=ctx.rank,
             seed=cfg.seed,
             noise=noise,
+            # held-out text for validation, never the training background
+            eval_noise=data.valid if run.task.name == "babilong" else None,
         )
     return TextSource(
         data.train,
@@ -246,7 +248,7 @@ def train(
         load_tokenizer(out_dir) if resume and (out_dir / "tokenizer.json").exists() else None
     )
     if data is None:
-        needs_corpus = run.task is None or run.task.name == "facts"
+        needs_corpus = run.task is None or run.task.needs_background
         data = prepare_data(run.data, tokenizer=tokenizer) if needs_corpus else no_corpus()
     if run.model.vocab_size != data.tokenizer.vocab_size:
         run = dataclasses.replace(

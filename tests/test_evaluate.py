@@ -77,7 +77,7 @@ def _hand_walked_task_scores(
     }
 
 
-@pytest.mark.parametrize("name", ["memformer", "rmt"])
+@pytest.mark.parametrize("name", ["memformer", "rmt", "armt"])
 def test_evaluate_task_equals_the_hand_written_segment_walk(name: str) -> None:
     torch.manual_seed(0)
     fields = {"memformer": dict(memory_slots=4, encoder_layers=1, decoder_layers=1)}.get(

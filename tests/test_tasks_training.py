@@ -245,28 +245,9 @@ def shakespeare():
     return prepare_data(DataConfig())
 
 
-def with_background(monkeypatch: pytest.MonkeyPatch, data) -> None:
-    """Give babilong its background in ``memtx.train``: the train split for training, the
-    valid split for validation. (``memtx.train`` hands background to ``facts`` only so far;
-    once it passes both splits to every task with ``needs_background``, this is a no-op.)"""
-    import memtx.train
-    from memtx.training.sources import TaskSource
-
-    def source(cfg, *, noise=None, eval_noise=None, **kwargs):
-        if cfg.needs_background:
-            noise = data.train if noise is None else noise
-            eval_noise = data.valid if eval_noise is None else eval_noise
-        return TaskSource(cfg, noise=noise, eval_noise=eval_noise, **kwargs)
-
-    monkeypatch.setattr(memtx.train, "TaskSource", source)
-
-
-def test_a_tiny_rmt_learns_babilong_qa1_at_two_segments(
-    tmp_path: Path, shakespeare, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_tiny_rmt_learns_babilong_qa1_at_two_segments(tmp_path: Path, shakespeare) -> None:
     from memtx.train import evaluate_task_run
 
-    with_background(monkeypatch, shakespeare)
     run = load_run_config(None, overrides=BABILONG)
     result = train(run, out_dir=tmp_path / "run", data=shakespeare, progress=False)
     valid = [m for m in _lines(tmp_path / "run") if m.get("split") == "valid"]

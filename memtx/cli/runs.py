@@ -211,7 +211,7 @@ def generate(
 @app.command()
 @guarded
 def inspect(
-    run: Annotated[Path, typer.Option(help="A trained Memformer run folder.")],
+    run: Annotated[Path, typer.Option(help="A trained Memformer or ARMT run folder.")],
     data: Annotated[
         Optional[str], typer.Option(help="Corpus to read instead of the run's.")
     ] = None,
@@ -222,7 +222,8 @@ def inspect(
         Optional[Path], typer.Option(help="Folder for the PNGs (default RUN/inspect).")
     ] = None,
 ) -> None:
-    """What Memformer's memory does: retention vs writing per slot and segment, as heatmaps."""
+    """What the memory does, as heatmaps: Memformer (retention vs writing per slot) or
+    ARMT (norm of A, write gate and correction per layer)."""
 
     from memtx.inspect import inspect_memory
 

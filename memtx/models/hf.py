@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from memtx.config import RMTConfig
+from memtx.config import ARMTConfig, RMTConfig
 from memtx.errors import ConfigError
 
 __all__ = ["HF_INSTALL_HINT", "HF_SIZE_NAMES", "hf_size", "import_transformers", "load_hf_model"]
@@ -73,7 +73,7 @@ def hf_size(hf_config: Any, names: tuple[str, ...]) -> Any:
     return None
 
 
-def load_hf_model(config: RMTConfig, *, positions: int) -> nn.Module:
+def load_hf_model(config: RMTConfig | ARMTConfig, *, positions: int) -> nn.Module:
     """From ``config.hf_path`` (a local folder) or ``hf_model_type`` with our sizes.
 
     Args:
@@ -143,7 +143,7 @@ def _check_causal_lm(hf_config: Any, *, where: str) -> None:
         )
 
 
-def _config_from_ours(config: RMTConfig, positions: int) -> Any:
+def _config_from_ours(config: RMTConfig | ARMTConfig, positions: int) -> Any:
     """The HF config of ``config.hf_model_type`` with our sizes and dropout."""
     transformers = import_transformers()
     model_type = config.hf_model_type
@@ -179,7 +179,7 @@ def _config_from_ours(config: RMTConfig, positions: int) -> Any:
     return transformers.AutoConfig.for_model(model_type, **kwargs)
 
 
-def _check_folder(config: RMTConfig) -> tuple[Any, Any]:
+def _check_folder(config: RMTConfig | ARMTConfig) -> tuple[Any, Any]:
     """(transformers, the folder's HF config) once ``config.hf_path`` is a loadable model."""
     transformers = import_transformers()
     path = Path(config.hf_path or "")

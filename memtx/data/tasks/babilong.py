@@ -256,7 +256,7 @@ def _qa5(num_facts: int, rng: random.Random) -> Story | None:
     question, named, answers = rng.choice(kinds)
     asked = (giver, thing, receiver)
     match = [g for g in given if all(g[i] == asked[i] for i in named)][-1]
-    return Story(tuple(facts), question, match[answers], (match[3],))
+    return Story(tuple(facts), question, str(match[answers]), (int(match[3]),))
 
 
 _STORIES = {"qa1": _qa1, "qa2": _qa2, "qa3": _qa3, "qa4": _qa4, "qa5": _qa5}
