@@ -5,6 +5,9 @@
   the length evaluated.
 - :func:`evaluate_task`: answer loss, token accuracy and exact match of a synthetic task's
   held-out samples, each sample streamed from a fresh memory.
+- :func:`evaluate_haystacks`: the same figures for long haystacks (BABILong-style tasks up
+  to millions of tokens): a batch of rows kept as bytes, streamed together a chunk of
+  segments at a time, so memory holds one chunk of int64 tokens and the model's memory.
 
 Both walk segments through :func:`memtx.recurrence.stream`, the one no-grad segment walk.
 """
@@ -15,7 +18,7 @@ import math
 import resource
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,10 +28,17 @@ from torch import Tensor
 from memtx.data import as_rows
 from memtx.errors import DataError
 from memtx.models.protocol import SegmentModel
-from memtx.progress import progress_bar
+from memtx.progress import ProgressBar, progress_bar
 from memtx.recurrence import stream
 
-__all__ = ["EvalResult", "evaluate_task", "evaluate_tokens", "peak_memory_mb"]
+__all__ = [
+    "ByteRowTask",
+    "EvalResult",
+    "evaluate_haystacks",
+    "evaluate_task",
+    "evaluate_tokens",
+    "peak_memory_mb",
+]
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,41 @@ def peak_memory_mb(device: torch.device | str = "cpu") -> float:
 
 def _sum_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+
+
+class _AnswerScore:
+    """Sums of answer loss, hits and fully right rows, segment by segment."""
+
+    def __init__(self) -> None:
+        self.loss_sum, self.right, self.scored, self.exact, self.rows = 0.0, 0, 0, 0, 0
+        self.wrong: Tensor | None = None  # (B,) wrong answer tokens of the current rows
+
+    def start_rows(self, batch: int, device: torch.device) -> None:
+        self.wrong = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def add(self, logits: Tensor, y: Tensor, scored_here: Tensor) -> None:
+        """Score one segment: ``logits`` [B, L, V], targets ``y`` and the mask [B, L]."""
+        assert self.wrong is not None
+        logits = logits.float()
+        self.loss_sum += float(
+            F.cross_entropy(logits[scored_here], y[scored_here], reduction="sum")
+        )
+        hits = (logits.argmax(-1) == y) & scored_here
+        self.right += int(hits.sum())
+        self.scored += int(scored_here.sum())
+        self.wrong += (scored_here & ~hits).sum(1)
+
+    def end_rows(self) -> None:
+        assert self.wrong is not None
+        self.exact += int((self.wrong == 0).sum())
+        self.rows += self.wrong.shape[0]
+
+    def result(self) -> dict[str, float]:
+        return {
+            "loss": self.loss_sum / max(self.scored, 1),
+            "token_accuracy": self.right / max(self.scored, 1),
+            "exact_match": self.exact / max(self.rows, 1),
+        }
 
 
 @torch.no_grad()
@@ -174,32 +219,110 @@ def evaluate_task(
     was_training = getattr(model, "training", False)
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    loss_sum, right, scored, exact, rows = 0.0, 0, 0, 0, 0
+    score = _AnswerScore()
     try:
         for first in range(0, samples, batch_size):
             sample = task.sample(min(batch_size, samples - first), generator=generator)
             inputs, targets = sample.inputs.to(device), sample.targets.to(device)
             memory = model.init_memory(inputs.shape[0], device=device)
-            wrong = torch.zeros(inputs.shape[0], dtype=torch.long, device=device)  # (B,)
+            score.start_rows(inputs.shape[0], device)
             for start, out in stream(model, inputs, memory):
                 y = targets[:, start : start + out.logits.shape[1]]  # (B, L)
                 scored_here = y != -100  # (B, L)
-                if not scored_here.any():
-                    continue
-                logits = out.logits.float()
-                loss_sum += float(
-                    F.cross_entropy(logits[scored_here], y[scored_here], reduction="sum")
-                )
-                hits = (logits.argmax(-1) == y) & scored_here
-                right += int(hits.sum())
-                scored += int(scored_here.sum())
-                wrong += (scored_here & ~hits).sum(1)
-            exact += int((wrong == 0).sum())
-            rows += inputs.shape[0]
+                if scored_here.any():
+                    score.add(out.logits, y, scored_here)
+            score.end_rows()
+    finally:
+        model.train(was_training)
+    return score.result()
+
+
+class ByteRowTask(Protocol):
+    """A task whose rows come as bytes with the answer last (``BabilongTask``)."""
+
+    total_len: int
+
+    def byte_rows(self, batch: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens [B, N+1] uint8 and each row's answer length [B]."""
+        ...
+
+
+@torch.no_grad()
+def evaluate_haystacks(
+    model: SegmentModel,
+    task: ByteRowTask,
+    *,
+    samples: int,
+    device: torch.device | str,
+    seed: int,
+    batch_size: int = 32,
+    chunk_segments: int = 64,
+    bar: ProgressBar[Any] | None = None,
+) -> dict[str, float]:
+    """:func:`evaluate_task`'s figures for long rows, in memory that does not grow with N.
+
+    A batch of ``batch_size`` rows is drawn as bytes (N+1 bytes a row) and streamed
+    together through :func:`memtx.recurrence.stream`, ``chunk_segments`` segments of int64
+    tokens at a time, the memory carried from chunk to chunk. With the same ``seed`` and
+    ``batch_size`` the samples and the figures equal :func:`evaluate_task`'s.
+
+    Args:
+        model: any segment model (put in eval mode here, restored afterwards).
+        task: rows as bytes with the answer last (:class:`ByteRowTask`).
+        samples: how many held-out samples to score.
+        device: where to run.
+        seed: seeds the samples' generator.
+        batch_size: rows streamed together.
+        chunk_segments: segments converted to int64 and moved to ``device`` at a time.
+        bar: a progress bar to advance by the tokens read.
+
+    Returns:
+        ``loss``, ``token_accuracy``, ``exact_match`` (as :func:`evaluate_task`), and
+        ``tokens`` (tokens read) and ``tokens_per_s`` (reading throughput, row
+        generation included).
+
+    Raises:
+        DataError: ``samples``, ``batch_size`` or ``chunk_segments`` < 1.
+    """
+    for name, value in (("samples", samples), ("batch_size", batch_size)):
+        if value < 1:
+            raise DataError(f"{name} must be >= 1, got {value}")
+    if chunk_segments < 1:
+        raise DataError(f"chunk_segments must be >= 1, got {chunk_segments}")
+    device = torch.device(device)
+    chunk = chunk_segments * model.config.segment_len
+    was_training = getattr(model, "training", False)
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    score, read = _AnswerScore(), 0
+    began = time.perf_counter()
+    try:
+        for first in range(0, samples, batch_size):
+            tokens, answer_lens = task.byte_rows(min(batch_size, samples - first), generator)
+            batch, length = tokens.shape[0], tokens.shape[1] - 1  # N inputs per row
+            # target j (= token j + 1) is scored when it is among the row's answer tokens
+            answer_from = torch.from_numpy(length - answer_lens).to(device)  # (B,)
+            memory = model.init_memory(batch, device=device)
+            score.start_rows(batch, device)
+            for begin in range(0, length, chunk):
+                end = min(begin + chunk, length)
+                piece = torch.from_numpy(tokens[:, begin : end + 1]).to(device).long()
+                for start, out in stream(model, piece[:, :-1], memory):
+                    memory = out.memory
+                    width, at = out.logits.shape[1], begin + start
+                    if at + width <= int(answer_from.min()):
+                        continue  # no answer token in this segment
+                    positions = torch.arange(at, at + width, device=device)
+                    scored_here = positions[None, :] >= answer_from[:, None]  # (B, L)
+                    score.add(out.logits, piece[:, start + 1 : start + 1 + width], scored_here)
+                if bar is not None:
+                    bar.update(batch * (end - begin))
+            score.end_rows()
+            read += batch * length
     finally:
         model.train(was_training)
     return {
-        "loss": loss_sum / max(scored, 1),
-        "token_accuracy": right / max(scored, 1),
-        "exact_match": exact / max(rows, 1),
+        **score.result(),
+        "tokens": float(read),
+        "tokens_per_s": read / max(time.perf_counter() - began, 1e-9),
     }

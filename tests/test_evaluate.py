@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import memtx
 from memtx.data.tasks import Task, make_task
+from memtx.errors import DataError
 from memtx.evaluate import evaluate_task, evaluate_tokens
 from memtx.models.protocol import SegmentModel
 
@@ -95,3 +96,25 @@ def test_evaluate_task_equals_the_hand_written_segment_walk(name: str) -> None:
     for key in expected:
         assert math.isclose(metrics[key], expected[key], rel_tol=1e-6, abs_tol=1e-9), key
     assert 0.0 <= metrics["token_accuracy"] <= 1.0 and 0.0 <= metrics["exact_match"] <= 1.0
+
+
+def test_haystacks_streamed_in_chunks_score_as_evaluate_task() -> None:
+    from memtx.evaluate import evaluate_haystacks
+
+    torch.manual_seed(0)
+    model = memtx.build(
+        "rmt", vocab_size=256, d_model=32, n_layers=1, n_heads=2, segment_len=64, memory_tokens=2
+    )
+    text = (b"The quick fox ran. A dog sat down! Was it here? " * 400)[:16000]
+    noise = np.frombuffer(text, dtype=np.uint8)
+    task = make_task("babilong", segments=5, segment_len=64, seed=0, qa="qa1", noise=noise)
+    whole = evaluate_task(model, task, samples=10, device="cpu", seed=3, batch_size=4)
+    for chunk in (1, 2, 64):
+        streamed = evaluate_haystacks(
+            model, task, samples=10, device="cpu", seed=3, batch_size=4, chunk_segments=chunk
+        )
+        assert streamed["tokens"] == 10 * 5 * 64 and streamed["tokens_per_s"] > 0
+        for key in ("loss", "token_accuracy", "exact_match"):
+            assert streamed[key] == pytest.approx(whole[key], abs=1e-9)
+    with pytest.raises(DataError, match="chunk_segments must be >= 1"):
+        evaluate_haystacks(model, task, samples=1, device="cpu", seed=0, chunk_segments=0)

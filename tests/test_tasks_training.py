@@ -287,3 +287,38 @@ def test_babilong_validation_reads_held_out_documents(shakespeare) -> None:
         background = re.sub(story, b"", bytes(row.tolist())).rsplit(b"Where is", 1)[0]
         assert len(background) > 10 and background in valid_text
     assert source.next_batch().inputs.shape == (4, 128)
+
+
+def test_vary_segments_draws_each_batch_from_the_first_stage_to_the_current(
+    shakespeare,
+) -> None:
+    from memtx.training.sources import TaskSource
+
+    overrides = [*BABILONG, "task.segments=6", "task.stages=[2, 6]", "task.vary_segments=true"]
+    cfg = load_run_config(None, overrides=overrides).task
+    assert cfg is not None and cfg.vary_segments
+    source = TaskSource(
+        cfg,
+        segment_len=64,
+        rows=2,
+        rank=0,
+        seed=0,
+        noise=shakespeare.train,
+        eval_noise=shakespeare.valid,
+    )
+    assert {source.next_batch().inputs.shape[1] for _ in range(8)} == {128}  # stage 0: 2
+    assert source.after_validation({"token_accuracy": 1.0}).startswith("curriculum stage 1")
+    lengths = {source.next_batch().inputs.shape[1] // 64 for _ in range(60)}
+    assert lengths == {2, 3, 4, 5, 6}
+    # validation stays at the stage's length
+    assert source.segments == 6
+    fixed = TaskSource(
+        load_run_config(None, overrides=[*overrides[:-1]]).task,
+        segment_len=64,
+        rows=2,
+        rank=0,
+        seed=0,
+        noise=shakespeare.train,
+    )
+    fixed.after_validation({"token_accuracy": 1.0})
+    assert {fixed.next_batch().inputs.shape[1] for _ in range(8)} == {384}

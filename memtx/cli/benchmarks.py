@@ -16,6 +16,7 @@ from memtx.cli.options import SetOption, at_least, check_device, int_list, name_
 from memtx.paths import check_writable_folder
 
 __all__ = [
+    "bench_babilong",
     "bench_mrbp",
     "bench_peak",
     "bench_peers",
@@ -115,6 +116,65 @@ def bench_peak(
     for size in int_list(sizes, name="--sizes"):
         flops = measure_matmul_peak(device=device, dtype=dtype, size=size)
         typer.echo(f"{size}x{size} {dtype} matmul on {device}: {flops / 1e9:,.1f} GFLOP/s")
+
+
+@bench_app.command("babilong")
+@guarded
+def bench_babilong(
+    out: Annotated[Path, typer.Option(help="Folder for babilong.md/.png/.json.")] = Path(
+        "benchmarks"
+    ),
+    runs: Annotated[Path, typer.Option(help="Where the trained runs go (reused).")] = Path(
+        "runs/babilong"
+    ),
+    models: Annotated[
+        str,
+        typer.Option(help="Comma-separated: armt, rmt, transformer_xl, transformer, ablations."),
+    ] = "armt,rmt,transformer_xl,transformer",
+    tasks: Annotated[str, typer.Option(help="Comma-separated bAbI tasks qa1..qa5.")] = "qa1,qa2",
+    lengths: Annotated[str, typer.Option(help="Comma-separated haystack lengths in tokens.")] = (
+        "0,1024,2048,4096,8192,16384,32768,65536,262144,1048576"
+    ),
+    samples: Annotated[int, typer.Option(help="Samples per length up to 64K.")] = 200,
+    long_samples: Annotated[int, typer.Option(help="Samples per length over 64K.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Haystacks streamed together.")] = 32,
+    data: Annotated[
+        Optional[str], typer.Option(help="Corpus of the held-out background (default shakespeare).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    set_: SetOption = None,
+) -> None:
+    """BABILong-style qa1, qa2 at 0..1M tokens: train (or reuse) each model, score each length."""
+    import shlex
+    import sys
+
+    from memtx.bench.babilong import MODELS, TASK_OVERRIDES, bench_babilong
+
+    names = name_list(models, name="--models", known=list(MODELS))
+    qas = name_list(tasks, name="--tasks", known=list(TASK_OVERRIDES))
+    points = int_list(lengths, name="--lengths", minimum=0)
+    for value, name in ((samples, "--samples"), (long_samples, "--long-samples")):
+        at_least(value, 1, name=name)
+    at_least(batch_size, 1, name="--batch-size")
+    check_device(device)
+    check_writable_folder(out)
+    check_writable_folder(runs, what="--runs")
+    md = bench_babilong(
+        out_dir=out,
+        runs_dir=runs,
+        models=names,
+        tasks=qas,
+        lengths=points,
+        samples=samples,
+        long_samples=long_samples,
+        batch_size=batch_size,
+        corpus=data,
+        overrides=set_ or [],
+        device=device,
+        command="memtx bench babilong " + shlex.join(sys.argv[3:]),
+        echo=typer.echo,
+    )
+    typer.echo(f"wrote {md} and {md.with_suffix('.png')}")
 
 
 @repro_app.command("rmt")

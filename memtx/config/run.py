@@ -132,6 +132,11 @@ class TaskConfig(Checked):
             Empty: ``source_len`` throughout. When both lists are given they pair up
             stage by stage and must have the same length; a single list sets the count.
         stage_steps: at most this many steps per stage.
+        vary_segments: each training batch draws its number of segments uniformly from
+            the first stage's .. the current stage's (the first stage's is the shortest
+            the task fits in; validation stays at the stage's): a model that only ever
+            sees the stage's length learns where the question is, not to keep a fact
+            for as long as it takes (the BABILong/ARMT recipe).
         advance_at: answer token accuracy (on ``eval_samples`` held-out samples, checked
             every ``train.eval_every`` steps) that ends a stage early.
         stop_at: the same accuracy at the last stage ends training (> 1: never).
@@ -159,6 +164,7 @@ class TaskConfig(Checked):
     stages: tuple[int, ...] = ()
     source_stages: tuple[int, ...] = ()
     stage_steps: int = 1000
+    vary_segments: bool = False
     advance_at: float = 0.97
     stop_at: float = 2.0
     last_stage_lr: float = 0.0

@@ -11,7 +11,9 @@ when the memory must start fresh, validates a model, and (for tasks) runs the cu
   length), a stage ending when the held-out answer accuracy reaches ``task.advance_at`` or
   after ``task.stage_steps`` steps. Tasks that hide facts in real text (facts, babilong) take
   their background from ``noise`` (the train split); validation reads ``eval_noise``
-  (held-out documents) when given.
+  (held-out documents) when given. With ``task.vary_segments`` each batch draws its
+  number of segments from the first stage's .. the current stage's (one count per batch,
+  so rows stay aligned).
 """
 
 from __future__ import annotations
@@ -165,7 +167,12 @@ class TaskSource:
         return self.task(self.segments, source_len=self.cfg.stage_sources[self.stage])
 
     def next_batch(self) -> Batch:
-        sample = self.current_task.sample(self.rows, generator=self.generator)
+        task = self.current_task
+        shortest = self.cfg.stage_segments[0]  # checked to fit when the source was built
+        if self.cfg.vary_segments and self.segments > shortest:
+            drawn = int(torch.randint(shortest, self.segments + 1, (1,), generator=self.generator))
+            task = self.task(drawn, source_len=self.cfg.stage_sources[self.stage])
+        sample = task.sample(self.rows, generator=self.generator)
         count = int((sample.targets != -100).sum())
         return Batch(sample.inputs, sample.targets, True, count)
 

@@ -315,3 +315,12 @@ def test_bad_inputs_are_one_line_errors(make, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as error:
         make()
     assert "\n" not in str(error.value)
+
+
+def test_byte_rows_are_the_rows_of_sample() -> None:
+    task = task_of("qa2")
+    tokens, answer_lens = task.byte_rows(5, torch.Generator().manual_seed(7))
+    sample = task.sample(5, seed=7)
+    assert tokens.dtype == np.uint8 and tokens.shape == (5, task.total_len + 1)
+    assert torch.equal(torch.from_numpy(tokens[:, :-1]).long(), sample.inputs)
+    assert (sample.answer_mask.sum(1).numpy() == answer_lens).all()

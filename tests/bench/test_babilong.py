@@ -1,0 +1,121 @@
+"""memtx bench babilong at tiny settings: cells saved as they finish, runs and cells reused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import memtx.evaluate
+from memtx.bench.babilong import bench_babilong, length_label
+from memtx.cli import app
+
+TINY = [
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "train.steps=2",
+    "train.eval_every=2",
+    "train.checkpoint_every=2",
+    "task.eval_samples=2",
+]
+
+
+def _bench(tmp_path: Path, lengths: list[int], **kwargs) -> Path:
+    return bench_babilong(
+        out_dir=tmp_path / "out",
+        runs_dir=tmp_path / "runs",
+        models=["rmt", "transformer"],
+        tasks=["qa1"],
+        lengths=lengths,
+        samples=3,
+        long_samples=2,
+        batch_size=2,
+        overrides=TINY,
+        progress=False,
+        echo=kwargs.pop("echo", lambda _: None),
+        **kwargs,
+    )
+
+
+def test_labels() -> None:
+    assert [length_label(n) for n in (0, 256, 1024, 65536, 1048576)] == [
+        "0",
+        "256",
+        "1K",
+        "64K",
+        "1M",
+    ]
+
+
+def test_cells_are_saved_as_they_finish_and_a_killed_run_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Killed(Exception):
+        pass
+
+    real = memtx.evaluate.evaluate_haystacks
+    calls: list[int] = []
+    die = [True]
+
+    def dies_on_the_third(*args, **kwargs):
+        calls.append(args[1].total_len)
+        if die[0] and len(calls) == 3:
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memtx.evaluate, "evaluate_haystacks", dies_on_the_third)
+    with pytest.raises(Killed):
+        _bench(tmp_path, [0, 256])
+    saved = json.loads((tmp_path / "out" / "babilong.json").read_text())["cells"]
+    assert sorted(saved) == ["rmt/qa1/0", "rmt/qa1/256"]
+    assert not (tmp_path / "out" / "babilong.md").exists()
+
+    # Run again (one more length): the finished runs and the saved cells are reused.
+    calls.clear()
+    die[0] = False
+    said: list[str] = []
+    md = _bench(tmp_path, [0, 256, 512], echo=said.append)
+    assert len(calls) == 1 + 3  # rmt at 512; the transformer at 0, 256, 512
+    assert any("reusing the finished run" in line and "rmt-qa1" in line for line in said)
+    assert any("2 of 6 cells already saved" in line for line in said)
+    text = md.read_text()
+    assert "| RMT | qa1 |" in text and "| Transformer (no memory) | qa1 |" in text
+    assert "valid+test documents" in text
+    assert (tmp_path / "out" / "babilong.png").stat().st_size > 0
+    cells = json.loads((tmp_path / "out" / "babilong.json").read_text())["cells"]
+    assert len(cells) == 6
+    for cell in cells.values():
+        assert 0.0 <= cell["exact_match"] <= 1.0 and cell["samples"] == 3
+        assert cell["tokens"] == 3 * (cell["segments"] * 64) and cell["tokens_per_s"] > 0
+    assert cells["rmt/qa1/0"]["segments"] == 4 and cells["rmt/qa1/512"]["segments"] == 8
+
+    # Delete the report and run once more: nothing is trained or evaluated again.
+    md.unlink()
+    calls.clear()
+    _bench(tmp_path, [0, 256, 512])
+    assert calls == [] and md.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "gpt5"], "unknown"),
+        (["--tasks", "qa9"], "unknown"),
+        (["--lengths", "100"], "not a multiple of 64"),
+        (["--lengths", "64"], "too short"),
+        (["--samples", "0"], "--samples must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    result = CliRunner().invoke(
+        app, ["bench", "babilong", "--out", str(out), "--runs", str(runs), *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists() and not runs.exists()
