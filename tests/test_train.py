@@ -55,6 +55,20 @@ def test_resume_continues_with_exactly_the_same_losses(
     assert len(_train_losses(tmp_path / "broken")) == 8
 
 
+def test_armt_resume_continues_with_exactly_the_same_losses(tmp_path: Path, shakespeare) -> None:
+    """ARMT's carried A and z (and reset flags) go through the checkpoint: bit-identical."""
+    run = tiny_run(
+        "model.name=armt", "model.memory_tokens=4", "model.d_mem=8", "train.strategy=mrbp"
+    )
+    train(run, out_dir=tmp_path / "straight", data=shakespeare, progress=False)
+    train(run, out_dir=tmp_path / "broken", data=shakespeare, progress=False, stop_after=5)
+    resumed = load_saved_run(tmp_path / "broken")
+    assert resumed.model.name == "armt"
+    train(resumed, out_dir=tmp_path / "broken", resume=True, progress=False)
+    assert _train_losses(tmp_path / "straight") == _train_losses(tmp_path / "broken")
+    assert len(_train_losses(tmp_path / "broken")) == 8
+
+
 def test_out_dir_with_a_run_is_never_overwritten(tmp_path: Path, shakespeare) -> None:
     run = tiny_run("train.steps=2")
     train(run, out_dir=tmp_path / "run", data=shakespeare, progress=False)

@@ -98,3 +98,18 @@ def test_fsdp2_equals_one_process_and_its_checkpoint_loads_in_one(tmp_path: Path
     resumed = load_saved_run(two, overrides=["train.steps=6", "train.fsdp=false"])
     result = train(resumed, out_dir=two, resume=True, progress=False)
     assert result.steps == 6 and len(_losses(two)) == 6
+
+
+def test_armt_two_processes_equal_one(tmp_path: Path) -> None:
+    """ARMT's state (A, z per layer, batch dim 1) is split across ranks like any memory."""
+    from memtx.config import load_run_config
+
+    sets = [s for s in SETS if not s.startswith(("model.name", "model.mem_len"))]
+    sets += ["model.name=armt", "model.memory_tokens=4", "model.d_mem=8", "train.strategy=mrbp"]
+    two = tmp_path / "armt"
+    _torchrun(two, *sets)
+    train(load_run_config(None, overrides=sets), out_dir=tmp_path / "one", progress=False)
+    assert len(_losses(two)) == 4
+    torch.testing.assert_close(
+        torch.tensor(_losses(two)), torch.tensor(_losses(tmp_path / "one")), rtol=1e-5, atol=1e-6
+    )
