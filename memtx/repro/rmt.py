@@ -1,6 +1,7 @@
 """``memtx repro rmt``: the RMT paper's synthetic-task comparison, at CPU/GPU-small scale.
 
-Trains RMT (memory read and written), its "memory at the start only" ablation,
+Trains RMT (memory read and written), its "memory at the start only" ablation, ARMT
+(RMT's memory tokens writing into a per-layer associative matrix, the same 8 tokens),
 Transformer-XL with the same memory size (``mem_len = memory_tokens``) and the transformer
 without memory on copy and reverse (72 tokens as 9 segments of 8, memory 8), then
 evaluates answer token accuracy and exact match at 9 segments with a 36-symbol source.
@@ -15,9 +16,10 @@ Each model gets the same curriculum (:data:`CURRICULA`):
 - reverse: segments 1, 2, ..., 9 (the source grows 4, 8, ..., 36 symbols); the first
   symbols to answer are the last ones read, so each stage reaches one segment further.
 
-A second table trains RMT on facts-in-noise with at most ``facts_train_segments`` segments
-of 64 and evaluates it at 8, 16, 64, 256 and 1024 segments. Results go to
-``benchmarks/rmt.md`` and ``rmt.json``.
+A second table trains each of ``facts_models`` (RMT and ARMT, 16 memory tokens each, the
+same curriculum and budget) on facts-in-noise with at most ``facts_train_segments``
+segments of 64 and evaluates them side by side at 8, 16, 64, 256 and 1024 segments.
+Results go to ``benchmarks/rmt.md`` and ``rmt.json``.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from memtx.bench.common import markdown_table
 from memtx.config import RunConfig, load_run_config
 from memtx.evaluate import evaluate_task
 
-__all__ = ["RMT_VARIANTS", "repro_rmt"]
+__all__ = ["FACTS_MODELS", "RMT_VARIANTS", "repro_rmt"]
 
 #: id -> (display name, model overrides); all width 128, 4 layers, 4 heads (~0.9M parameters)
 RMT_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "rmt": ("rmt", ["model.name=rmt", "model.memory_tokens=8"]),
+    "armt": ("armt", ["model.name=armt", "model.memory_tokens=8"]),
     "rmt_start_only": (
         "rmt (memory at start only)",
         ["model.name=rmt", "model.memory_tokens=8", "model.memory_layout=read_only"],
@@ -47,6 +50,9 @@ RMT_VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "transformer": ("transformer (no memory)", ["model.name=transformer"]),
 }
+
+#: The models of the facts-in-noise length table, trained with the same settings.
+FACTS_MODELS: tuple[str, ...] = ("rmt", "armt")
 
 #: task -> the curriculum settings every model gets on it.
 CURRICULA: dict[str, list[str]] = {
@@ -101,6 +107,7 @@ def repro_rmt(
     steps: int = 8000,
     stage_steps: int = 2000,
     facts: bool = True,
+    facts_models: Sequence[str] = FACTS_MODELS,
     facts_steps: int = 6000,
     facts_train_segments: int = 8,
     facts_eval_segments: Sequence[int] = (8, 16, 64, 256, 1024),
@@ -136,21 +143,27 @@ def repro_rmt(
             rows.append(row)
             echo(json.dumps(row))
     facts_rows: list[dict[str, Any]] = []
-    if facts:
+    for name in facts_models if facts else ():
         run = facts_run_config(
+            model=name,
             train_segments=facts_train_segments,
             steps=facts_steps,
             device=device,
             overrides=overrides,
         )
-        result = train(run, out_dir=_fresh(runs_dir / "facts-rmt"), progress=False)
-        facts_rows = facts_length_rows(
-            run,
-            result.model,
-            segments=facts_eval_segments,
-            samples=facts_eval_samples,
-            echo=echo,
-        )
+        began = time.perf_counter()
+        result = train(run, out_dir=_fresh(runs_dir / f"facts-{name}"), progress=False)
+        trained = {"steps": result.steps, "train_minutes": (time.perf_counter() - began) / 60}
+        facts_rows += [
+            {"model": name, **trained, **row}
+            for row in facts_length_rows(
+                run,
+                result.model,
+                segments=facts_eval_segments,
+                samples=facts_eval_samples,
+                echo=echo,
+            )
+        ]
     results = {
         "copy_reverse": rows,
         "facts": facts_rows,
@@ -195,11 +208,16 @@ def task_row(
 
 
 def facts_run_config(
-    *, train_segments: int, steps: int, device: str, overrides: Sequence[str] = ()
+    *,
+    train_segments: int,
+    steps: int,
+    device: str,
+    overrides: Sequence[str] = (),
+    model: str = "rmt",
 ) -> RunConfig:
-    """RMT on facts-in-noise: one fact at a random place (the RMT 1M paper's "detect and
-    memorize"), a 3-digit key, segments of 64, 16 memory tokens, a curriculum 1, 2, ...
-    ``train_segments`` segments, advancing at 0.9 answer token accuracy.
+    """``model`` (rmt or armt) on facts-in-noise: one fact at a random place (the RMT 1M
+    paper's "detect and memorize"), a 3-digit key, segments of 64, 16 memory tokens, a
+    curriculum 1, 2, ... ``train_segments`` segments, advancing at 0.9 answer token accuracy.
 
     (Two facts, where the question picks one, stayed near chance, 0.18 token accuracy,
     after 1,500 steps from 2 segments on this CPU budget: one segment of 64 cannot hold
@@ -220,7 +238,9 @@ def facts_run_config(
         "train.batch_size=16",
         "train.eval_every=100",
     ]
-    return _run_config(["model.name=rmt"], settings, steps=steps, device=device, extra=overrides)
+    return _run_config(
+        [f"model.name={model}"], settings, steps=steps, device=device, extra=overrides
+    )
 
 
 def facts_length_rows(
@@ -326,25 +346,42 @@ def _markdown(
         )
     )
     if facts_rows:
-        text += (
-            "\n## Facts in noise: trained on at most 8 segments of 64, evaluated longer\n\n"
-            "RMT (16 memory tokens, segments of 64 bytes of real text) with one fact "
-            "`The key of NAME is 123.` hidden at a random place and the question "
-            "`What is the key of NAME?` at the end; only the 3 answer digits are scored. "
-            "Curriculum 1, 2, ..., 8 segments (advance at 0.9). Chance: 0.1 per digit.\n\n"
-            + markdown_table(
-                ["segments", "tokens", "answer token accuracy", "exact match", "samples"],
-                [
-                    [
-                        r["segments"],
-                        f"{r['tokens']:,}",
-                        f"{r['token_accuracy']:.3f}",
-                        f"{r['exact_match']:.3f}",
-                        r.get("samples", ""),
-                    ]
-                    for r in facts_rows
-                ],
-            )
-        )
+        text += _facts_markdown(facts_rows)
     text += "\nReproduce: `memtx repro rmt` (add `--device cuda` on a GPU).\n"
     return text
+
+
+def _facts_markdown(facts_rows: list[dict[str, Any]]) -> str:
+    """The facts-in-noise table: one row per length, the models side by side."""
+    models = list(dict.fromkeys(r.get("model", "rmt") for r in facts_rows))
+    by_length: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in facts_rows:
+        by_length.setdefault(r["segments"], {})[r.get("model", "rmt")] = r
+    header = ["segments", "tokens"]
+    for model in models:
+        header += [f"{model} answer token accuracy", f"{model} exact match"]
+    table = []
+    for count, cells in by_length.items():
+        row: list[object] = [count, f"{next(iter(cells.values()))['tokens']:,}"]
+        for model in models:
+            r = cells.get(model)
+            row += [f"{r['token_accuracy']:.3f}", f"{r['exact_match']:.3f}"] if r else ["", ""]
+        table.append(row)
+    firsts = {m: next(r for r in facts_rows if r.get("model", "rmt") == m) for m in models}
+    trained = "; ".join(
+        f"{m}: {r['steps']} steps, {r['train_minutes']:.1f} min"
+        for m, r in firsts.items()
+        if "steps" in r
+    )
+    samples = facts_rows[0].get("samples", "?")
+    return (
+        "\n## Facts in noise: trained on at most 8 segments of 64, evaluated longer\n\n"
+        f"{', '.join(models)} (16 memory tokens each, segments of 64 bytes of real text) with "
+        "one fact `The key of NAME is 123.` hidden at a random place and the question "
+        "`What is the key of NAME?` at the end; only the 3 answer digits are scored. "
+        "Curriculum 1, 2, ..., 8 segments (advance at 0.9), the same settings and budget "
+        f"for every model. {samples} held-out samples per length. Chance: 0.1 per digit."
+        + (f" Training: {trained}." if trained else "")
+        + "\n\n"
+        + markdown_table(header, table)
+    )

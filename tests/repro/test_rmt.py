@@ -21,7 +21,7 @@ def test_repro_rmt_tiny(tmp_path: Path) -> None:
         out_dir=tmp_path / "bench",
         runs_dir=tmp_path / "runs",
         tasks=["copy"],
-        variants=["rmt", "transformer"],
+        variants=["rmt", "armt", "transformer"],
         steps=3,
         stage_steps=1,
         facts_steps=2,
@@ -33,8 +33,16 @@ def test_repro_rmt_tiny(tmp_path: Path) -> None:
         echo=lambda _: None,
     )
     text = path.read_text()
-    assert "| copy | rmt |" in text and "transformer (no memory)" in text
+    assert "| copy | rmt |" in text and "| copy | armt |" in text
+    assert "transformer (no memory)" in text
+    assert "| segments | tokens | rmt answer token accuracy" in text  # side by side
+    assert "armt answer token accuracy" in text
     data = json.loads((tmp_path / "bench" / "rmt.json").read_text())
-    assert len(data["copy_reverse"]) == 2
-    assert [r["segments"] for r in data["facts"]] == [2, 4]
+    assert len(data["copy_reverse"]) == 3
+    assert [(r["model"], r["segments"]) for r in data["facts"]] == [
+        ("rmt", 2),
+        ("rmt", 4),
+        ("armt", 2),
+        ("armt", 4),
+    ]
     assert all(0 <= r["token_accuracy"] <= 1 for r in data["copy_reverse"] + data["facts"])
