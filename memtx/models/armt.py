@@ -64,6 +64,7 @@ row, the mean write gate b and correction g of the segment (``write_gate``,
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -122,9 +123,19 @@ def dpfp(x: Tensor, nu: int) -> Tensor:
     ``x' = [relu(x), relu(-x)]``, then ``x'`` repeated nu times times ``x'`` rolled by
     1 .. nu along the features.
     """
-    doubled = torch.cat([F.relu(x), F.relu(-x)], dim=-1)  # (..., 2n)
-    rolled = torch.cat([doubled.roll(shifts=j, dims=-1) for j in range(1, nu + 1)], dim=-1)
-    return doubled.repeat(*([1] * (x.dim() - 1)), nu) * rolled
+    doubled = F.relu(torch.cat([x, -x], dim=-1))  # (..., 2n)
+    # rolled[..., j - 1, i] = doubled[..., i - j]: the nu rolls as ONE gather, then one
+    # broadcast product (the same products as repeat * cat(rolls), in fewer kernels).
+    rolled = doubled[..., _roll_index(doubled.shape[-1], nu, doubled.device)]  # (..., nu*2n)
+    product = doubled.unsqueeze(-2) * rolled.unflatten(-1, (nu, doubled.shape[-1]))
+    return product.flatten(-2)  # (..., nu, 2n) -> (..., nu * 2n)
+
+
+@functools.lru_cache(maxsize=16)
+def _roll_index(width: int, nu: int, device: torch.device) -> Tensor:
+    """[nu * width] indices: block j - 1 is ``arange(width)`` rolled by j (j = 1 .. nu)."""
+    positions = torch.arange(width, device=device)
+    return torch.cat([(positions - j) % width for j in range(1, nu + 1)])
 
 
 class AssociativeLayer(nn.Module):
@@ -236,6 +247,8 @@ class ARMT(SegmentLM):
 
     def read_state(self, memory: ARMTMemory) -> tuple[Tensor, Tensor]:
         """(A, z) a segment reads: empty (zeros) in the rows marked ``reset``."""
+        if not bool(memory.reset.any()):  # nothing to clear: skip a pass over A
+            return memory.A, memory.z
         reset = memory.reset[None, :, None]  # (1, B, 1)
         return memory.A.masked_fill(reset[..., None], 0.0), memory.z.masked_fill(reset, 0.0)
 
@@ -247,13 +260,19 @@ class ARMT(SegmentLM):
         ``writes`` collects the writes; None reads only (decoding, no memory positions).
         """
         m, layers = self.config.memory_tokens, cast(list[AssociativeLayer], list(self.associative))
+        # One unbind, not a select per layer: a select's backward fills a zero tensor of
+        # the whole state for every layer; unbind's stacks the layers' gradients once.
+        A_layers, z_layers = A.unbind(0), z.unbind(0)
 
         def hook(index: int, stream: Tensor) -> Tensor:  # stream (B, T, d)
             if writes is not None and index > 0:
                 last = index - 1
-                writes.append(layers[last].write(stream[:, -m:], A[last], z[last], fresh=fresh))
+                write = layers[last].write(
+                    stream[:, -m:], A_layers[last], z_layers[last], fresh=fresh
+                )
+                writes.append(write)
             if index < len(layers):
-                stream = layers[index].read(stream, A[index], z[index])
+                stream = layers[index].read(stream, A_layers[index], z_layers[index])
             return stream
 
         return hook

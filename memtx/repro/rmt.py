@@ -364,8 +364,12 @@ def _facts_markdown(facts_rows: list[dict[str, Any]]) -> str:
     for count, cells in by_length.items():
         row: list[object] = [count, f"{next(iter(cells.values()))['tokens']:,}"]
         for model in models:
-            r = cells.get(model)
-            row += [f"{r['token_accuracy']:.3f}", f"{r['exact_match']:.3f}"] if r else ["", ""]
+            cell = cells.get(model)
+            row += (
+                [f"{cell['token_accuracy']:.3f}", f"{cell['exact_match']:.3f}"]
+                if cell
+                else ["", ""]
+            )
         table.append(row)
     firsts = {m: next(r for r in facts_rows if r.get("model", "rmt") == m) for m in models}
     trained = "; ".join(

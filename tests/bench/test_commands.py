@@ -23,6 +23,23 @@ def test_throughput_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1
 
 
+def test_paired_throughput_alternates_models_in_one_process(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sizes = json.dumps({**TINY, "memory_tokens": 4})  # shared by both: d_mem stays 64
+    throughput.main(
+        ["--paired", "armt", "rmt", "--sizes", sizes, "--steps", "2", "--warmup", "1",
+         "--batch-size", "2", "--rollout", "2", "--threads", "1"]
+    )  # fmt: skip
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = result["models"]
+    assert set(rows) == {"armt", "rmt"} and result["relative_to"] == "rmt"
+    assert rows["rmt"]["ratio"] == 1.0 and rows["armt"]["ratio"] > 0
+    # ARMT's state: A [1, 1, 2 * 3 * 64, 32] and z [1, 1, 384] in float32, and the reset flag
+    assert rows["armt"]["state_kb_per_stream"] == (384 * 32 + 384) * 4 / 1024 + 1 / 1024
+    assert rows["rmt"]["state_kb_per_stream"] == (4 * 32 * 4 + 1) / 1024
+
+
 def test_peers_profile_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sizes = {
         "d_model": 32, "n_heads": 2, "d_ff": 64, "segment_len": 8, "batch_size": 2,
