@@ -31,7 +31,7 @@ from memtx.progress import progress_bar
 
 __all__ = ["MODELS", "run_scaling_benchmark"]
 
-MODELS = ("memformer", "rmt", "transformer_xl", "transformer_full")
+MODELS = ("memformer", "rmt", "armt", "transformer_xl", "transformer_full")
 LENGTHS = (4096, 16384, 65536, 262144, 1048576)
 
 
@@ -126,12 +126,19 @@ def run_scaling_benchmark(
         rows.append({"model": model, "length": length, **result})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scaling.json").write_text(json.dumps(rows, indent=1) + "\n")
-    _write_markdown(out_dir / "scaling.md", rows, mem_len=mem_len, device=device)
+    command = (
+        f"python -m memtx.bench.scaling --out-dir {out_dir} --models {' '.join(models)} "
+        f"--lengths {' '.join(map(str, lengths))} --mem-len {mem_len} --device {device}"
+        + (f" --threads {threads}" if threads else "")
+    )
+    _write_markdown(out_dir / "scaling.md", rows, mem_len=mem_len, device=device, command=command)
     _write_plot(out_dir / "scaling.png", rows)
     return rows
 
 
-def _write_markdown(path: Path, rows: list[dict[str, Any]], *, mem_len: int, device: str) -> None:
+def _write_markdown(
+    path: Path, rows: list[dict[str, Any]], *, mem_len: int, device: str, command: str
+) -> None:
     table = []
     firsts: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -155,7 +162,7 @@ def _write_markdown(path: Path, rows: list[dict[str, Any]], *, mem_len: int, dev
         f"Reference config (width 256, 4 heads, FFN 1024, segment 128), batch 1, no grad, "
         f"on {device}; Transformer-XL mem_len={mem_len}; `transformer_full` is one segment "
         "of N tokens. Each point in its own process. Peak MB: process peak RSS on CPU.\n\n"
-        "Reproduce: `memtx bench scaling --out benchmarks`\n\n" + markdown_table(header, table)
+        f"Reproduce: `{command}`\n\n" + markdown_table(header, table)
     )
     path.write_text(text)
 
