@@ -119,3 +119,16 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not out.exists() and not runs.exists()
+
+
+def test_the_verb_end_to_end(tmp_path: Path) -> None:
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    args = ["--models", "transformer", "--tasks", "qa1", "--lengths", "0,256", "--samples", "2"]
+    result = CliRunner().invoke(
+        app, ["bench", "babilong", "--out", str(out), "--runs", str(runs), *args, *sets]
+    )
+    assert result.exit_code == 0, result.output
+    assert (runs / "transformer-qa1" / "loss.png").exists()
+    text = (out / "babilong.md").read_text()
+    assert "| Transformer (no memory) | qa1 |" in text and "Made by:" in text
