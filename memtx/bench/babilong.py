@@ -42,6 +42,7 @@ __all__ = [
     "TASK_OVERRIDES",
     "bench_babilong",
     "eval_background",
+    "haystack_background",
     "length_label",
     "write_report",
 ]
@@ -91,22 +92,33 @@ def run_config(model: str, qa: str, *, overrides: Sequence[str] = (), configs: P
     return load_run_config(configs / preset, overrides=[*extra, *TASK_OVERRIDES[qa], *overrides])
 
 
-def eval_background(corpus: str | None, *, longest: int) -> tuple[np.ndarray, str]:
-    """Held-out background for haystacks up to ``longest`` tokens, and a note saying what
-    it is: the corpus's valid + test documents, repeated only when a haystack needs more."""
+def eval_background(corpus: str | None) -> tuple[np.ndarray, str]:
+    """Held-out background for the haystacks and a note saying what it is: the corpus's
+    valid + test documents concatenated (see :func:`haystack_background` for longer)."""
     from memtx.data import prepare_data
 
     data = prepare_data(DataConfig(corpus=corpus or "shakespeare"))
     held_out = np.concatenate([data.valid, data.test])
     if len(held_out) < 2:
         raise ConfigError(f"corpus {corpus!r} has no held-out (valid/test) documents")
-    need = longest + 2
-    copies = max(1, math.ceil(need / len(held_out)))
     name = corpus or "shakespeare"
-    note = f"{name} valid+test documents ({len(held_out):,} bytes, never trained on)"
-    if copies > 1:
-        note += f"; haystacks over {len(held_out):,} tokens repeat that text ({copies} copies)"
-    return (np.tile(held_out, copies) if copies > 1 else held_out), note
+    return held_out, f"{name} valid+test documents ({len(held_out):,} bytes, never trained on)"
+
+
+def haystack_background(held_out: np.ndarray, note: str, length: int) -> tuple[np.ndarray, str]:
+    """The background of haystacks of ``length`` tokens: the held-out text itself, or,
+    when a haystack needs more, that text repeated (and the note says how often). Shorter
+    haystacks never see the repetition, whatever the longest length of a run."""
+    copies = _copies(len(held_out), length)
+    return (np.tile(held_out, copies) if copies > 1 else held_out), _note(note, copies)
+
+
+def _copies(held_out: int, length: int) -> int:
+    return max(1, math.ceil((length + 2) / held_out))
+
+
+def _note(note: str, copies: int) -> str:
+    return note if copies == 1 else f"{note}; repeated ({copies} copies) to fill the haystack"
 
 
 def _ensure_trained(run: RunConfig, run_dir: Path, echo: Callable[[str], None]) -> None:
@@ -218,12 +230,13 @@ def bench_babilong(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "babilong.json"
     saved = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    background, note = eval_background(corpus, longest=max(lengths))
+    held_out, base_note = eval_background(corpus)
     cells: dict[str, Any] = saved.get("cells", {})
-    payload = {"background": note, "models": {m: MODELS[m][0] for m in models}, "cells": cells}
+    payload = {"background": base_note, "models": {m: MODELS[m][0] for m in models}, "cells": cells}
 
     def fresh(model: str, qa: str, length: int, count: int) -> bool:
         cell = cells.get(f"{model}/{qa}/{length}")
+        note = _note(base_note, _copies(len(held_out), length))
         return cell is not None and cell["samples"] == count and cell["background"] == note
 
     todo = [p for p in plans if not fresh(p[0], p[1], p[2], p[5])]
@@ -243,6 +256,7 @@ def bench_babilong(
             run, net = load_trained(run_dir, device=torch.device(device))
             assert run.task is not None
             for _, _, length, segments, hidden, count in mine:
+                background, note = haystack_background(held_out, base_note, length)
                 task = make_task(
                     "babilong",
                     segments=segments,
@@ -313,6 +327,13 @@ def write_report(
         markdown_table(header, rows),
         "",
         f"- Background of the haystacks: {payload['background']}.",
+        *sorted(
+            {
+                f"- At {length_label(c['length'])}: {c['background'].split('; ', 1)[1]}."
+                for c in cells.values()
+                if "; " in c["background"]
+            }
+        ),
         "- Samples per length: " + ", ".join(f"{length_label(n)}: {s}" for n, s in samples) + ".",
     ]
     if rates:
