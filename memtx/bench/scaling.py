@@ -105,7 +105,9 @@ def run_scaling_benchmark(
 ) -> list[dict[str, Any]]:
     """Every (model, length) point in its own process; writes scaling.md/.png/.json."""
     rows: list[dict[str, Any]] = []
-    points = [(m, n) for m in models for n in lengths]
+    # Length by length, the models in turn: a load that drifts over time (a shared
+    # machine) hits every model's row at a length alike. Rows are then grouped by model.
+    points = [(m, n) for n in lengths for m in models]
     for model, length in progress_bar(points, desc="scaling", disable=not progress):
         if model == "transformer_full" and length > full_attention_max:
             rows.append(
@@ -124,6 +126,7 @@ def run_scaling_benchmark(
         ]
         result = run_json_worker("memtx.bench.scaling", args, timeout_s=timeout_s, threads=threads)
         rows.append({"model": model, "length": length, **result})
+    rows.sort(key=lambda row: list(models).index(row["model"]))  # stable: lengths in order
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scaling.json").write_text(json.dumps(rows, indent=1) + "\n")
     command = (
