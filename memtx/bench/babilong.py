@@ -192,7 +192,7 @@ def bench_babilong(
     """
     import torch
 
-    from memtx.data.tasks import make_task
+    from memtx.data.tasks import BabilongTask, make_task
     from memtx.evaluate import evaluate_haystacks
     from memtx.progress import progress_bar
     from memtx.train import load_trained
@@ -257,13 +257,15 @@ def bench_babilong(
             assert run.task is not None
             for _, _, length, segments, hidden, count in mine:
                 background, note = haystack_background(held_out, base_note, length)
-                task = make_task(
-                    "babilong",
+                params: dict[str, Any] = {**run.task.task_params(), "background": hidden}
+                if hidden:
+                    params["noise"] = background
+                task = BabilongTask(
+                    total_len=segments * run.model.segment_len,
                     segments=segments,
                     segment_len=run.model.segment_len,
                     seed=_EVAL_SEED,
-                    **{**run.task.task_params(), "background": hidden},
-                    **({"noise": background} if hidden else {}),
+                    **params,
                 )
                 bar.set_postfix_str(f"{model} {qa} {length_label(length)}{pace.eta(bar)}")
                 result = evaluate_haystacks(
