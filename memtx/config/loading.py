@@ -11,7 +11,7 @@ import tomllib
 from memtx.config.run import SECTIONS, RunConfig
 from memtx.errors import ConfigError
 
-__all__ = ["load_config_tables", "load_run_config", "parse_overrides"]
+__all__ = ["apply_overrides", "load_config_tables", "load_run_config", "parse_overrides"]
 
 
 def _parse_value(text: str) -> Any:
@@ -62,6 +62,17 @@ def load_config_tables(
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    return apply_overrides(raw, overrides, sections=sections)
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: Sequence[str], *, sections: Sequence[str]
+) -> dict[str, Any]:
+    """``raw`` (nested tables, changed in place and returned) with ``--set`` overrides.
+
+    Raises:
+        ConfigError: a bad override, or a section of ``raw`` that is not a table.
+    """
     for section, values in parse_overrides(overrides, sections=sections).items():
         current = raw.setdefault(section, {})
         if not isinstance(current, dict):

@@ -32,7 +32,7 @@ from memtx.checkpoint import (
     set_rng_state,
     split_optimizer_state,
 )
-from memtx.config import parse_overrides
+from memtx.config.loading import apply_overrides
 from memtx.errors import ConfigError
 from memtx.paths import check_writable_folder
 
@@ -252,12 +252,7 @@ def read_run_config(
         raise ConfigError(f"{path} cannot be read: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} does not hold a config table")
-    for section, values in parse_overrides(overrides, sections=sections).items():
-        current = raw.setdefault(section, {})
-        if not isinstance(current, dict):
-            raise ConfigError(f"{section} must be a table")
-        current.update(values)
-    return raw
+    return apply_overrides(raw, overrides, sections=sections)
 
 
 def load_weights(model: nn.Module, weights: Mapping[str, Tensor]) -> None:
