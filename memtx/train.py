@@ -27,7 +27,7 @@ from torch import Tensor
 from memtx import distributed
 from memtx.checkpoint import load_latest
 from memtx.config import SECTIONS, RunConfig, TrainConfig
-from memtx.data import PreparedData, load_tokenizer, no_corpus, prepare_data
+from memtx.data import PreparedData, PretrainedTokenizer, load_tokenizer, no_corpus, prepare_data
 from memtx.errors import ConfigError
 from memtx.evaluate import EvalResult, evaluate_task, evaluate_tokens
 from memtx.models import SegmentLM, from_config
@@ -47,6 +47,7 @@ from memtx.training import (
     resolve_device,
     seed_everything,
     start_run,
+    trainable,
     warmup_cosine,
 )
 from memtx.training.sources import Batch, TaskSource, TextSource
@@ -188,6 +189,7 @@ def _build_source(
             noise=noise,
             # held-out text for validation, never the training background
             eval_noise=data.valid if run.task.name == "babilong" else None,
+            tokenizer=data.tokenizer if run.data.tokenizer == "hf" else None,
         )
     return TextSource(
         data.train,
@@ -233,8 +235,7 @@ def train(
     out_dir = Path(out_dir)
     cfg = run.train
     check_strategy(cfg.strategy, truncate=cfg.truncate)
-    if run.task is not None and run.data.tokenizer != "byte":
-        raise ConfigError("synthetic tasks are byte-level: data.tokenizer must be 'byte'")
+    trainable.check_tokenizer_choice(run)
     folder, ctx, rows = start_run(
         out_dir,
         resume=resume,
@@ -247,17 +248,18 @@ def train(
     tokenizer = (
         load_tokenizer(out_dir) if resume and (out_dir / "tokenizer.json").exists() else None
     )
+    if tokenizer is None and run.data.tokenizer == "hf":
+        tokenizer = PretrainedTokenizer.from_pretrained(run.model.hf_path)  # type: ignore[attr-defined]
     if data is None:
         needs_corpus = run.task is None or run.task.needs_background
         data = prepare_data(run.data, tokenizer=tokenizer) if needs_corpus else no_corpus()
-    if run.model.vocab_size != data.tokenizer.vocab_size:
-        run = dataclasses.replace(
-            run, model=dataclasses.replace(run.model, vocab_size=data.tokenizer.vocab_size)
-        )
+    run = trainable.fit_vocabulary(run, data.tokenizer)
     source = _build_source(run, data, rows=rows, ctx=ctx)
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model: SegmentLM = from_config(run.model).to(ctx.device)
+    trainable.select_trainable(model, cfg)  # before the optimizer: it takes the trained parameters
+    base_model = trainable.base_model_identity(run.model, cfg)
     sharded = cfg.fsdp and ctx.active
     if sharded:
         distributed.shard_model(model)
@@ -285,7 +287,7 @@ def train(
         ),
         run=folder,
         parts={"memory": step_fn},
-        meta={"config": run.to_dict()},
+        meta={"config": run.to_dict(), **({"base_model": base_model} if base_model else {})},
         ctx=ctx,
         sharded=sharded,
         progress=progress,
@@ -362,6 +364,8 @@ def load_trained(
     if checkpoint is None:
         raise ConfigError(f"{run_dir} has no intact checkpoint to load")
     model = from_config(run.model).to(device)
+    trainable.select_trainable(model, run.train)  # the same adapters; a partial state loads then
+    trainable.check_base_model(checkpoint.meta.get("base_model"), run.model)
     load_weights(model, checkpoint.model)
     model.eval()
     return run, model
@@ -413,8 +417,9 @@ def evaluate_task_run(
     if segments < 1:
         raise ConfigError(f"--segments must be >= 1, got {segments}")
     noise = eval_noise = None
+    tokenizer = load_tokenizer(Path(run_dir)) if run.data.tokenizer == "hf" else None
     if run.task.needs_background:
-        data = prepare_data(run.data)
+        data = prepare_data(run.data, tokenizer=tokenizer)
         noise = data.train
         if run.task.name == "babilong":  # held-out documents: the test split (else valid)
             eval_noise = data.test if len(data.test) else data.valid
@@ -426,6 +431,7 @@ def evaluate_task_run(
         seed=run.train.seed,
         noise=noise,
         eval_noise=eval_noise,
+        tokenizer=tokenizer,
     )
     metrics = evaluate_task(
         model,

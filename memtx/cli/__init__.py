@@ -7,6 +7,7 @@ and exits with code 2; ``--debug`` shows the traceback instead.
 - :mod:`memtx.cli.options`: shared option types and the parsers of list/range options.
 - :mod:`memtx.cli.runs`: train, eval, demo, pretrain, generate, inspect.
 - :mod:`memtx.cli.benchmarks`: the ``bench`` and ``repro`` verbs.
+- :mod:`memtx.cli.memory`: read (a text into a snapshot) and serve.
 
 Importing this package imports the verb modules, which registers their commands on
 :data:`app`; each verb imports its heavy modules lazily, so ``memtx --help`` stays fast.
@@ -14,10 +15,10 @@ Importing this package imports the verb modules, which registers their commands 
 
 from __future__ import annotations
 
-from memtx.cli import benchmarks, runs
+from memtx.cli import benchmarks, memory, runs
 from memtx.cli.common import app
 
-__all__ = ["app", "benchmarks", "run", "runs"]
+__all__ = ["app", "benchmarks", "memory", "run", "runs"]
 
 
 def run() -> None:

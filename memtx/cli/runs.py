@@ -85,6 +85,14 @@ def eval_(
         Optional[int], typer.Option(help="Task runs: evaluate at this many segments.")
     ] = None,
     samples: Annotated[int, typer.Option(help="Task runs: held-out samples.")] = 500,
+    diagnostic: Annotated[
+        str,
+        typer.Option(
+            help="Memformer text runs: evaluate with part of the history ablated: "
+            "memory_reset (slots reset every segment), no_reader (the w/o-memory path), "
+            "context_masked (the decoder never sees the previous segment's encoding)."
+        ),
+    ] = "none",
 ) -> None:
     """Evaluate a trained run, streamed segment by segment: bits per byte / perplexity,
     or answer accuracy for a task run (--segments to evaluate longer than trained)."""
@@ -98,6 +106,7 @@ def eval_(
             "--set": bool(set_),
             "--max-tokens": max_tokens != 0,
             "--rows": rows != 8,
+            "--diagnostic": diagnostic != "none",
         }
         given = [name for name, used in text_only.items() if used]
         if given:
@@ -117,6 +126,7 @@ def eval_(
         max_tokens=max_tokens,
         rows=rows,
         progress=progress,
+        diagnostic=diagnostic,
     )
     if as_json:
         typer.echo(json.dumps({"split": split, **result.to_dict()}))
@@ -185,8 +195,15 @@ def generate(
     stop: Annotated[
         Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable).")
     ] = None,
+    memory: Annotated[
+        Optional[Path], typer.Option(help="Continue from this snapshot (memtx read --out).")
+    ] = None,
+    save_memory: Annotated[
+        Optional[Path], typer.Option(help="Save the memory generation ends with here.")
+    ] = None,
 ) -> None:
-    """Continue a prompt, streamed to the terminal, with constant memory."""
+    """Continue a prompt, streamed to the terminal, with constant memory (from a snapshot
+    of a text read earlier with --memory)."""
 
     from memtx.generate import generate_text
 
@@ -204,6 +221,8 @@ def generate(
         seed=seed,
         stop=stop or [],
         stream=stream,
+        memory=memory,
+        save_memory=save_memory,
     )
     sys.stdout.write("\n")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from memtx.config.checks import Checked, construct
+from memtx.config.pretrained import with_pretrained_sizes
 from memtx.errors import ConfigError
 
 __all__ = [
@@ -169,9 +170,12 @@ class RMTConfig(ModelConfig):
             ``"read_only"`` puts memory only at the start (the failing ablation).
         backbone: ``"builtin"`` (our causal blocks) or ``"hf"`` (a Hugging Face
             causal LM, ``pip install memtx[hf]``).
-        hf_path: a local folder with a Hugging Face causal LM (config and weights).
+        hf_path: a pretrained causal LM: a local folder (config and safetensors), a
+            ``.gguf`` file or a hub name (:mod:`memtx.config.pretrained`); its vocabulary,
+            width, depth, heads and feed-forward width are read from it (a restated value
+            that differs is an error).
         hf_model_type: with no ``hf_path``, build this HF architecture from a config
-            with our sizes (``"gpt2"``), randomly initialised.
+            with our sizes (``"gpt2"``, ``"llama"``), randomly initialised.
     """
 
     name: ClassVar[str] = "rmt"
@@ -200,7 +204,10 @@ class ARMTConfig(ModelConfig):
             key to the normaliser in full.
         backbone: ``"builtin"`` (our causal blocks) or ``"hf"`` (a Hugging Face
             causal LM, ``pip install memtx[hf]``).
-        hf_path: a local folder with a Hugging Face causal LM (config and weights).
+        hf_path: a pretrained causal LM: a local folder (config and safetensors), a
+            ``.gguf`` file or a hub name (:mod:`memtx.config.pretrained`); its vocabulary,
+            width, depth, heads and feed-forward width are read from it (a restated value
+            that differs is an error).
         hf_model_type: with no ``hf_path``, build this HF architecture from a config
             with our sizes (``"gpt2"``, ``"llama"``), randomly initialised.
     """
@@ -235,9 +242,13 @@ MODEL_CONFIGS: dict[str, type[ModelConfig]] = {
 def model_config(name: str, **fields: Any) -> ModelConfig:
     """The validated config of model ``name`` with ``fields`` set.
 
+    With ``backbone="hf"`` and an ``hf_path``, the sizes come from that checkpoint.
+
     Raises:
         ConfigError: unknown model name, unknown field, wrong type or value.
     """
     if name not in MODEL_CONFIGS:
         raise ConfigError(f"unknown model {name!r} (known: {', '.join(MODEL_CONFIGS)})")
+    if fields.get("backbone") == "hf" and fields.get("hf_path") is not None:
+        fields = with_pretrained_sizes(fields)  # the checkpoint decides the sizes
     return construct(MODEL_CONFIGS[name], fields, section="model")

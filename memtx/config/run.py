@@ -44,6 +44,17 @@ class TrainConfig(Checked):
         on_nonfinite: a NaN/inf loss or gradient: ``skip`` the step or ``stop`` the run.
         check_memory: check each segment's memory for NaN/inf in the driver (debugging;
             one device sync per segment).
+        trainable: ``all`` parameters; only the ``memory`` (RMT's initial memory, ARMT's
+            memory tokens and associative projections) around a frozen pretrained
+            backbone; or ``memory+lora``: the memory and LoRA adapters (``peft``) on the
+            backbone. Except with ``all``, checkpoints hold only what is trained and the
+            base model's path and sha256 (``model.hf_path`` is required).
+        lora_rank: LoRA rank r.
+        lora_alpha: LoRA scaling alpha (the update is scaled by alpha / r).
+        lora_dropout: dropout on the LoRA input.
+        lora_targets: module names LoRA wraps; empty: the family's default (GPT-2
+            ``c_attn``, ``c_proj``; Llama-likes ``q_proj``, ``k_proj``, ``v_proj``,
+            ``o_proj``).
     """
 
     section: ClassVar[str] = "train"
@@ -70,10 +81,19 @@ class TrainConfig(Checked):
     fsdp: bool = False
     on_nonfinite: Literal["skip", "stop"] = "stop"
     check_memory: bool = False
+    trainable: Literal["all", "memory", "memory+lora"] = "all"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ()
 
     def _validate(self) -> None:
         for name in ("steps", "batch_size", "rollout", "truncate", "keep_checkpoints"):
             self._at_least(name, 1)
+        self._at_least("lora_rank", 1)
+        self._in_range("lora_dropout", 0.0, 1.0)
+        if not self.lora_alpha > 0:
+            raise ConfigError(f"train.lora_alpha must be > 0, got {self.lora_alpha}")
         for name in ("warmup_steps", "eval_every", "eval_tokens", "checkpoint_every"):
             self._at_least(name, 0)
         self._at_least("log_every", 1)
@@ -87,8 +107,9 @@ class DataConfig(Checked):
     Attributes:
         corpus: ``shakespeare``, ``shakespeare-all``, ``enwik8``, ``text8``, or a path to
             a text file or a folder of files.
-        tokenizer: ``byte`` (vocab 256) or ``bpe`` (trained on the training split and
-            saved with the run).
+        tokenizer: ``byte`` (vocab 256), ``bpe`` (trained on the training split and
+            saved with the run) or ``hf``: the pretrained backbone's own (``model.hf_path``),
+            saved with the run and checked against the model's vocabulary.
         bpe_vocab_size: vocabulary of the BPE tokenizer.
         valid_fraction: share of documents (by bytes) held out for validation.
         test_fraction: share held out for test.
@@ -99,7 +120,7 @@ class DataConfig(Checked):
     section: ClassVar[str] = "data"
 
     corpus: str = "shakespeare"
-    tokenizer: Literal["byte", "bpe"] = "byte"
+    tokenizer: Literal["byte", "bpe", "hf"] = "byte"
     bpe_vocab_size: int = 4096
     valid_fraction: float = 0.05
     test_fraction: float = 0.05

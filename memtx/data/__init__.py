@@ -15,6 +15,7 @@ from memtx.data.streams import Batch, StreamLoader, as_rows, encode_documents
 from memtx.data.tokenizers import (
     BPETokenizer,
     ByteTokenizer,
+    PretrainedTokenizer,
     Tokenizer,
     build_tokenizer,
     load_tokenizer,
@@ -25,6 +26,7 @@ __all__ = [
     "BPETokenizer",
     "Batch",
     "ByteTokenizer",
+    "PretrainedTokenizer",
     "Document",
     "PreparedData",
     "Splits",

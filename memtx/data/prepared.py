@@ -11,6 +11,7 @@ from memtx.config import DataConfig
 from memtx.data.corpora import load_splits
 from memtx.data.streams import encode_documents
 from memtx.data.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer
+from memtx.errors import DataError
 
 __all__ = ["PreparedData", "no_corpus", "prepare_data"]
 
@@ -49,6 +50,11 @@ def prepare_data(config: DataConfig, *, tokenizer: Tokenizer | None = None) -> P
         test_fraction=config.test_fraction,
         seed=config.split_seed,
     )
+    if tokenizer is None and config.tokenizer == "hf":
+        raise DataError(
+            "data.tokenizer='hf' is the pretrained model's own: pass it "
+            "(PretrainedTokenizer.from_pretrained(model.hf_path))"
+        )
     if tokenizer is None:
         if config.tokenizer == "byte":
             tokenizer = ByteTokenizer()

@@ -1,10 +1,12 @@
 """Tokenizers that turn corpus bytes into ``np.uint16`` token ids and back.
 
-Two kinds exist, both lossless on arbitrary bytes:
+Two kinds are lossless on arbitrary bytes:
 
 * :class:`ByteTokenizer` maps each byte to its value (vocabulary of 256).
 * :class:`BPETokenizer` wraps a byte-level BPE model of the Hugging Face ``tokenizers``
   library, trained locally.
+
+A third, :class:`PretrainedTokenizer`, is a pretrained model's own (``transformers``).
 
 Both write a single ``tokenizer.json`` into a directory with ``save``;
 :func:`load_tokenizer` reads it back and tells the kinds apart by content: the byte
@@ -20,14 +22,14 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 
 from memtx.errors import DataError
 
 TOKENIZER_FILE: Final = "tokenizer.json"
-TOKENIZER_KINDS: Final = ("byte", "bpe")
+TOKENIZER_KINDS: Final = ("byte", "bpe", "hf")
 
 # Token ids are stored as uint16 everywhere in memtx.data, which caps the vocabulary.
 MAX_VOCAB_SIZE: Final = 1 << 16
@@ -268,7 +270,92 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
 
 
-Tokenizer = ByteTokenizer | BPETokenizer
+class PretrainedTokenizer:
+    """A pretrained model's own tokenizer (``data.tokenizer = "hf"``), from ``transformers``.
+
+    Loaded from the checkpoint ``model.hf_path`` names (a folder, a GGUF file, a hub name)
+    and saved with the run: ``tokenizer.json`` says ``{"kind": "hf", ...}`` and the
+    tokenizer's own files go to ``hf_tokenizer/``, so a run needs its checkpoint only for
+    the weights. Text is encoded without special tokens; bytes that are not UTF-8 are
+    replaced (U+FFFD) first, so unlike the byte and BPE tokenizers it is not lossless on
+    arbitrary bytes.
+
+    Attributes:
+        vocab_size: ids the tokenizer may produce (``len(tokenizer)``, added tokens too).
+        kind: Always ``"hf"``.
+        source: the ``model.hf_path`` it came from.
+    """
+
+    kind: Literal["hf"] = "hf"
+    FOLDER: Final = "hf_tokenizer"
+
+    def __init__(self, hf_tokenizer: Any, *, source: str) -> None:
+        self._hf = hf_tokenizer
+        self.source = source
+        self.vocab_size = len(hf_tokenizer)
+        if self.vocab_size > MAX_VOCAB_SIZE:
+            raise DataError(
+                f"the tokenizer of {source!r} has {self.vocab_size} tokens, more than the "
+                f"{MAX_VOCAB_SIZE} that uint16 token ids allow"
+            )
+
+    @classmethod
+    def from_pretrained(cls, hf_path: str) -> PretrainedTokenizer:
+        """The tokenizer of the checkpoint ``hf_path`` (see :mod:`memtx.config.pretrained`).
+
+        Raises:
+            ConfigError: see :func:`~memtx.config.pretrained.resolve_source`.
+            DataError: the checkpoint has no tokenizer.
+        """
+        from memtx.config.pretrained import resolve_source
+
+        where, kwargs = resolve_source(hf_path).from_pretrained_args()
+        hf = _auto_tokenizer(where, kwargs, what=f"model.hf_path={hf_path!r}")
+        return cls(hf, source=hf_path)
+
+    def encode(self, data: str | bytes) -> np.ndarray:
+        """Encodes text (bytes are decoded as UTF-8) into a 1-D ``np.uint16`` array."""
+        text = data if isinstance(data, str) else _as_bytes(data).decode("utf-8", "replace")
+        ids = self._hf(text, add_special_tokens=False)["input_ids"] if text else []
+        return np.asarray(ids, dtype=np.uint16)
+
+    def decode_bytes(self, ids: Sequence[int] | np.ndarray) -> bytes:
+        """The UTF-8 bytes of the text ``ids`` stand for."""
+        return self.decode(ids).encode("utf-8")
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """The text ``ids`` stand for; ids past the tokenizer's (rows a model's embedding
+        may have beyond its tokenizer, e.g. padding to a multiple of 64) decode to nothing."""
+        array = _as_ids(ids, vocab_size=MAX_VOCAB_SIZE)
+        return str(self._hf.decode(array[array < self.vocab_size].tolist()))
+
+    def save(self, directory: Path) -> None:
+        """Writes ``tokenizer.json`` (kind, source, vocabulary) and ``hf_tokenizer/``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._hf.save_pretrained(str(directory / self.FOLDER))
+        record = {"kind": self.kind, "source": self.source, "vocab_size": self.vocab_size}
+        (directory / TOKENIZER_FILE).write_text(json.dumps(record) + "\n")
+
+    def __repr__(self) -> str:
+        return f"PretrainedTokenizer({self.source!r}, vocab_size={self.vocab_size})"
+
+
+def _auto_tokenizer(where: str, kwargs: dict[str, Any], *, what: str) -> Any:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise DataError(
+            f"{what}: data.tokenizer='hf' needs transformers: pip install memtx[hf]"
+        ) from None
+    try:
+        return AutoTokenizer.from_pretrained(where, **kwargs)
+    except (OSError, ValueError, KeyError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{what} has no tokenizer that loads: {first}") from None
+
+
+Tokenizer = ByteTokenizer | BPETokenizer | PretrainedTokenizer
 
 
 def _split_utf8(data: bytes) -> list[str | bytes]:
@@ -323,6 +410,13 @@ def load_tokenizer(directory: Path) -> Tokenizer:
         raise DataError(f"tokenizer file '{path}' holds no JSON object")
     if content.get("kind") == "byte":
         return ByteTokenizer()
+    if content.get("kind") == "hf":
+        folder = str(Path(directory) / PretrainedTokenizer.FOLDER)
+        hf = _auto_tokenizer(folder, {"local_files_only": True}, what=f"tokenizer '{path}'")
+        tokenizer = PretrainedTokenizer(hf, source=str(content.get("source")))
+        if tokenizer.vocab_size != content.get("vocab_size"):
+            raise DataError(f"tokenizer '{path}': the saved tokenizer's vocabulary changed")
+        return tokenizer
     model = content.get("model")
     if isinstance(model, dict) and model.get("type") == "BPE":
         from tokenizers import Tokenizer as HFTokenizer

@@ -189,6 +189,7 @@ class ARMT(SegmentLM):
     """ARMT over one segment; memory = :class:`ARMTMemory` (see the module docstring)."""
 
     memory_carries_grad = True
+    memory_parameters = ("memory_embedding", "associative.")
     backbone: Backbone
 
     def __init__(self, config: ARMTConfig) -> None:

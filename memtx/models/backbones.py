@@ -21,8 +21,10 @@ its output, the next index).
   positions, the mask handed to ``scaled_dot_product_attention`` as a boolean matrix, a
   token embedding tied to the head.
 - :class:`HFBackbone`: any Hugging Face causal LM (``pip install memtx[hf]``), built or
-  loaded by :func:`memtx.models.hf.load_hf_model` (from our sizes, or a local folder of
-  safetensors and JSON). Inputs go in through ``inputs_embeds`` with explicit
+  loaded by :func:`memtx.models.hf.load_hf_model` (from our sizes, or a pretrained
+  checkpoint: a folder of safetensors and JSON, a GGUF file, a hub name). Positions are
+  the model's own: a learned table (GPT-2, ``absolute_positions``) or rotary (Llama).
+  Inputs go in through ``inputs_embeds`` with explicit
   ``position_ids`` and the mask as an additive float 4-D mask ``[1, 1, T, T]``, which the
   ``sdpa`` and ``eager`` attention implementations add to the scores (see that module).
   Embedding, dropout and head are the HF model's own.
@@ -90,6 +92,10 @@ class Backbone(Protocol):
     max_positions: int | None
     #: whether ``run`` accepts per-layer key/value ``caches`` (cached decoding)
     supports_cache: bool
+    #: whether positions are a learned table added to the inputs (GPT-2), so a token's
+    #: position id changes its vector; False for rotary (Llama, builtin), where only the
+    #: differences between the ids of a query and a key matter
+    absolute_positions: bool
 
     @property
     def dtype(self) -> torch.dtype:
@@ -162,6 +168,7 @@ class BuiltinBackbone(nn.Module):
     """Our pre-LN causal blocks with rotary positions and a tied embedding and head."""
 
     supports_cache = True
+    absolute_positions = False  # rotary
     max_positions: int | None = None  # rotary positions have no table to run out of
     init_std = 0.02  # :func:`init_gpt2_weights`'s
 
@@ -226,6 +233,7 @@ class HFBackbone(nn.Module):
         self.width = int(hf_size(model.config, HF_SIZE_NAMES["d_model"]))
         self.n_layers = int(hf_size(model.config, HF_SIZE_NAMES["n_layers"]))
         self.max_positions: int | None = hf_size(model.config, HF_SIZE_NAMES["positions"])
+        self.absolute_positions = _has_position_table(model, self.max_positions)
         # Older architectures have no ``logits_to_keep``: they compute every position's.
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -322,3 +330,18 @@ class HFBackbone(nn.Module):
             f"cannot find the layers of the Hugging Face {type(self.hf).__name__} "
             "(a layer_hook needs them)"
         )
+
+
+def _has_position_table(model: nn.Module, positions: int | None) -> bool:
+    """Whether ``model`` embeds positions with a learned table (GPT-2's ``wpe``), not rotary.
+
+    A table is an ``nn.Embedding`` other than the token embedding with (about) one row
+    per position (OPT's has 2 extra rows).
+    """
+    tokens = model.get_input_embeddings()  # type: ignore[operator]
+    return positions is not None and any(
+        isinstance(module, nn.Embedding)
+        and module is not tokens
+        and 0 <= module.num_embeddings - positions <= 2
+        for module in model.modules()
+    )

@@ -5,10 +5,12 @@
 - built from a config with our sizes (``hf_model_type``, default GPT-2, randomly
   initialised): width, depth, heads, feed-forward width, position table, dropout and a
   vocabulary without GPT-2's out-of-range special token ids;
-- or loaded from a local folder (``hf_path``): only ``*.safetensors`` weights and JSON are
-  read, never a pickle. The folder keeps its dropout and feed-forward width; its
-  vocabulary, width, depth and heads must equal the config's (a mismatch is a
-  :class:`ConfigError` naming the field).
+- or a pretrained checkpoint (``hf_path``: a local folder, a ``.gguf`` file, or a hub name,
+  see :mod:`memtx.config.pretrained`): from a folder only ``*.safetensors`` weights and
+  JSON are read, never a pickle; a GGUF file is dequantised by ``transformers``. The
+  checkpoint keeps its dropout and feed-forward width; its vocabulary, width, depth and
+  heads must equal the config's (:func:`memtx.config.model_config` fills them in from the
+  checkpoint; a mismatch is a :class:`ConfigError` naming both values).
 
 Either way the model must be a decoder-only causal LM, and its attention implementation
 ``sdpa`` or ``eager``: transformers 5.x hands a 4-D ``attention_mask`` to the attention
@@ -18,27 +20,25 @@ scores, which is how the backbone passes RMT's mask; any other implementation is
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import copy
+import functools
 from typing import Any
 
 from torch import nn
 
 from memtx.config import ARMTConfig, RMTConfig
+from memtx.config.pretrained import (
+    HF_SIZE_NAMES,
+    PretrainedSource,
+    pretrained_sizes,
+    resolve_source,
+)
 from memtx.errors import ConfigError
 
 __all__ = ["HF_INSTALL_HINT", "HF_SIZE_NAMES", "hf_size", "import_transformers", "load_hf_model"]
 
 HF_INSTALL_HINT = "pip install memtx[hf]"
 
-#: our sizes under the names HF configs use; the first name a config knows is set
-HF_SIZE_NAMES: dict[str, tuple[str, ...]] = {
-    "d_model": ("n_embd", "hidden_size", "d_model"),
-    "n_layers": ("n_layer", "num_hidden_layers", "num_layers"),
-    "n_heads": ("n_head", "num_attention_heads", "num_heads"),
-    "d_ff": ("n_inner", "intermediate_size", "ffn_dim"),
-    "positions": ("n_positions", "max_position_embeddings"),
-}
 _DROPOUT_NAMES = (
     "resid_pdrop",
     "embd_pdrop",
@@ -74,32 +74,31 @@ def hf_size(hf_config: Any, names: tuple[str, ...]) -> Any:
 
 
 def load_hf_model(config: RMTConfig | ARMTConfig, *, positions: int) -> nn.Module:
-    """From ``config.hf_path`` (a local folder) or ``hf_model_type`` with our sizes.
+    """From ``config.hf_path`` (a folder, a GGUF file, a hub name) or ``hf_model_type``.
 
     Args:
         config: the sizes, dropout and the ``hf_*`` settings.
         positions: the position table of a model built from a config.
 
     Returns:
-        A ``transformers`` causal LM with ``sdpa`` attention, else ``eager``.
+        A ``transformers`` causal LM with ``sdpa`` attention, else ``eager``. A pretrained
+        one is loaded once per process and copied for every later model (tests and
+        benchmarks build several around one checkpoint).
 
     Raises:
         ConfigError: transformers missing, not a causal LM, sizes that differ from the
-            folder's, a folder without safetensors weights, an attention implementation
-            that ignores our mask.
+            checkpoint's, a folder without safetensors weights, a hub name that is not
+            available, an attention implementation that ignores our mask.
     """
+    transformers = import_transformers()
     if config.hf_path is not None:
-        transformers, _ = _check_folder(config)
+        source = resolve_source(config.hf_path)
+        _check_pretrained(config, source, transformers)
 
         def make(attn: str) -> nn.Module:
-            return transformers.AutoModelForCausalLM.from_pretrained(
-                config.hf_path,
-                local_files_only=True,
-                use_safetensors=True,  # never unpickle a .bin
-                attn_implementation=attn,
-            )
+            return copy.deepcopy(_pretrained(source, attn, _stamp(source)))
     else:
-        transformers, hf_config = import_transformers(), _config_from_ours(config, positions)
+        hf_config = _config_from_ours(config, positions)
 
         def make(attn: str) -> nn.Module:
             return transformers.AutoModelForCausalLM.from_config(
@@ -111,8 +110,9 @@ def load_hf_model(config: RMTConfig | ARMTConfig, *, positions: int) -> nn.Modul
             model = make("sdpa")
         except ValueError:  # the architecture has no sdpa path
             model = make("eager")
-    except OSError as exc:  # unreadable or incomplete weights in hf_path
-        raise ConfigError(f"model.hf_path={config.hf_path!r}: cannot load: {exc}") from None
+    except (OSError, ValueError, KeyError) as exc:  # unreadable or incomplete weights
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model.hf_path={config.hf_path!r}: cannot load: {first}") from None
     attn = getattr(model.config, "_attn_implementation", None)
     if attn not in _ATTENTION:
         raise ConfigError(
@@ -120,6 +120,23 @@ def load_hf_model(config: RMTConfig | ARMTConfig, *, positions: int) -> nn.Modul
             f"{', '.join(_ATTENTION)}"
         )
     return model
+
+
+def _stamp(source: PretrainedSource) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime) of the weight files: a changed file is loaded again."""
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source.weight_files)
+
+
+@functools.lru_cache(maxsize=2)
+def _pretrained(source: PretrainedSource, attn: str, stamp: tuple[Any, ...]) -> nn.Module:
+    """The checkpoint loaded once (``stamp`` keys the cache on the files' state)."""
+    transformers = import_transformers()
+    where, kwargs = source.from_pretrained_args()
+    if not source.gguf_file:
+        kwargs["use_safetensors"] = True  # never unpickle a .bin
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        where, attn_implementation=attn, **kwargs
+    )
 
 
 def _has_field(hf_config: Any, name: str) -> bool:
@@ -179,44 +196,36 @@ def _config_from_ours(config: RMTConfig | ARMTConfig, positions: int) -> Any:
     return transformers.AutoConfig.for_model(model_type, **kwargs)
 
 
-def _check_folder(config: RMTConfig | ARMTConfig) -> tuple[Any, Any]:
-    """(transformers, the folder's HF config) once ``config.hf_path`` is a loadable model."""
-    transformers = import_transformers()
-    path = Path(config.hf_path or "")
-    where = f"model.hf_path={str(path)!r}"
-    if not path.is_dir():
-        raise ConfigError(f"{where} is not a folder")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{where} has no config.json: not a Hugging Face model folder")
-    try:
-        json.loads(config_file.read_text(encoding="utf-8"))
-        hf_config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except (ValueError, OSError, KeyError) as exc:
-        raise ConfigError(f"{where}: config.json cannot be read: {exc}") from None
-    _check_causal_lm(hf_config, where=where)
-    if config.hf_model_type not in ("gpt2", hf_config.model_type):
+def _check_pretrained(
+    config: RMTConfig | ARMTConfig, source: PretrainedSource, transformers: Any
+) -> None:
+    """Refuse a checkpoint that is not a causal LM, or whose sizes differ from ``config``."""
+    where = f"model.hf_path={source.given!r}"
+    sizes = pretrained_sizes(source.given)  # a GGUF that is no causal LM fails here
+    if not source.gguf_file:
+        try:
+            hf_config = transformers.AutoConfig.from_pretrained(
+                str(source.folder), local_files_only=True
+            )
+        except (ValueError, OSError, KeyError) as exc:
+            raise ConfigError(f"{where}: config.json cannot be read: {exc}") from None
+        _check_causal_lm(hf_config, where=where)
+        if not any(source.folder.glob("*.safetensors")):
+            found = ", ".join(sorted(p.name for p in source.folder.iterdir() if p.is_file()))
+            raise ConfigError(
+                f"{where} has no *.safetensors weights (found: {found}); memtx loads only "
+                "safetensors and JSON, never pickled weights such as pytorch_model.bin: save "
+                "the model with save_pretrained(..., safe_serialization=True)"
+            )
+    if config.hf_model_type not in ("gpt2", sizes["model_type"]):
         raise ConfigError(
             f"model.hf_model_type={config.hf_model_type!r} but {where} holds a "
-            f"{hf_config.model_type!r} model (the folder decides; leave hf_model_type unset)"
+            f"{sizes['model_type']!r} model (the checkpoint decides; leave hf_model_type unset)"
         )
-    for ours, names in (
-        ("vocab_size", ("vocab_size",)),
-        ("d_model", HF_SIZE_NAMES["d_model"]),
-        ("n_layers", HF_SIZE_NAMES["n_layers"]),
-        ("n_heads", HF_SIZE_NAMES["n_heads"]),
-    ):
-        theirs = hf_size(hf_config, names)
+    for ours in ("vocab_size", "d_model", "n_layers", "n_heads"):
+        theirs = sizes.get(ours)
         if theirs is not None and theirs != getattr(config, ours):
             raise ConfigError(
-                f"model.{ours} ({getattr(config, ours)}) does not match the model in {where} "
-                f"({names[0]}={theirs}); set model.{ours}={theirs}"
+                f"model.{ours}={getattr(config, ours)} but the checkpoint in {where} has "
+                f"{ours}={theirs}; leave model.{ours} unset (the checkpoint decides)"
             )
-    if not any(path.glob("*.safetensors")):
-        found = ", ".join(sorted(p.name for p in path.iterdir() if p.is_file()))
-        raise ConfigError(
-            f"{where} has no *.safetensors weights (found: {found}); memtx loads only "
-            "safetensors and JSON, never pickled weights such as pytorch_model.bin: save the "
-            "model with save_pretrained(..., safe_serialization=True)"
-        )
-    return transformers, hf_config

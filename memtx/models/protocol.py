@@ -269,6 +269,9 @@ class SegmentLM(nn.Module):
 
     config: ModelConfig
     memory_carries_grad: bool = True
+    #: the parameters that make the memory (names, or prefixes ending in "."): what
+    #: ``train.trainable = "memory"`` trains around a frozen backbone; () = none
+    memory_parameters: tuple[str, ...] = ()
 
     if TYPE_CHECKING:  # every subclass defines these (the SegmentModel contract)
 

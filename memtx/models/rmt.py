@@ -23,7 +23,15 @@ The attention mask (:func:`rmt_attention_mask`, True = may attend) is the paper'
 Read slots see only each other, so that memory never absorbs a token: the model is a
 memoryless transformer with a learned prefix, at chance on every synthetic task.
 
-Positions restart at 0 every segment. The initial memory is a learned [m, d] embedding,
+Positions restart every segment. With rotary positions (the builtin backbone, Llama) the
+ids are ``0 .. T-1`` in input order: only differences count, so the tokens keep the
+offsets among themselves that the bare model gives them. With a learned position table
+(GPT-2) a token's id changes its input vector, so the tokens keep the bare model's own
+ids ``0 .. L-1`` and the memory takes the ids after the longest segment: read slots
+``segment_len .. segment_len+m-1``, write slots ``segment_len+m .. segment_len+2m-1``
+(the table must hold ``segment_len + 2m``). Either way, with the read slots masked out a
+wrapped pretrained model's token logits are the bare model's (tested per family).
+The initial memory is a learned [m, d] embedding,
 expanded over the batch. Gradients flow through the memory (BPTT across segments; the
 driver in :mod:`memtx.recurrence` owns truncation and MRBP).
 
@@ -130,6 +138,7 @@ class RMT(SegmentLM):
     """
 
     memory_carries_grad = True
+    memory_parameters = ("initial_memory",)
     backbone: Backbone
 
     def __init__(self, config: RMTConfig) -> None:
@@ -214,6 +223,21 @@ class RMT(SegmentLM):
             parts.append(memory)  # the write block starts from the memory itself
         return torch.cat(parts, dim=1)
 
+    def segment_positions(self, length: int, *, device: torch.device | None = None) -> Tensor:
+        """The position ids [T] of a segment of ``length`` tokens (see the module docstring).
+
+        Rotary backbones: ``0 .. T-1`` in input order. Backbones with a learned position
+        table: the tokens ``0 .. length-1`` (the bare model's own), the read slots
+        ``segment_len .. segment_len+m-1``, the write slots the next ``m``.
+        """
+        m, device = self.config.memory_tokens, device or self.device
+        blocks = 2 if self.config.memory_layout == "read_write" else 1
+        if not self.backbone.absolute_positions:
+            return torch.arange(blocks * m + length, device=device)  # restart per segment
+        slots = self.config.segment_len + torch.arange(blocks * m, device=device)
+        token_ids = torch.arange(length, device=device)
+        return torch.cat([slots[:m], token_ids, slots[m:]])
+
     def forward_inputs(self, inputs: Tensor, *, length: int) -> tuple[Tensor, Tensor]:
         """Run the backbone over prepared inputs [B, T, d] of a segment of ``length`` tokens.
 
@@ -230,7 +254,7 @@ class RMT(SegmentLM):
                 f"RMT inputs for {length} tokens must have {allowed.shape[0]} positions, "
                 f"got {inputs.shape[1]}"
             )
-        positions = torch.arange(inputs.shape[1], device=inputs.device)  # restart per segment
+        positions = self.segment_positions(length, device=inputs.device)
         out = self.backbone.run(
             inputs, mask=allowed, positions=positions, logits_at=slice(m, m + length)
         )

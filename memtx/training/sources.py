@@ -114,8 +114,10 @@ class TaskSource:
         seed: int,
         noise: np.ndarray | None = None,
         eval_noise: np.ndarray | None = None,
+        tokenizer: Any = None,
     ) -> None:
         self.cfg = cfg
+        self.tokenizer = tokenizer  # a pretrained model's own (facts in its tokens), or None
         self.segment_len = segment_len
         self.rows = rows
         self.seed = seed
@@ -147,6 +149,8 @@ class TaskSource:
             extra: dict[str, Any] = {}
             if self.cfg.needs_background:
                 extra["noise"] = self.eval_noise if held_out else self.noise
+            if self.tokenizer is not None:
+                extra["tokenizer"] = self.tokenizer
             self._tasks[key] = make_task(
                 self.cfg.name,
                 segments=segments,

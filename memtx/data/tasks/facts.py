@@ -5,6 +5,11 @@ random places into a window of real text (``noise``: a 1-D uint8/uint16 array of
 tokens, e.g. a corpus), then comes ``"What is the key of NAME? "`` about one of them, then
 the answer (``value_len`` digits, the only scored tokens). The question and its answer
 must fit in one segment (the last).
+
+With a ``tokenizer`` (a pretrained model's own, ``data.tokenizer = "hf"``) the same
+sentences are that tokenizer's tokens, each piece encoded on its own (fact, question,
+answer), the noise is text in its tokens, and the answer's tokens are scored (as many as
+the tokenizer makes of the digits).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class FactsTask(Task):
             ``bytes``) of real text, longer than the noise window of a row.
         num_facts: facts per row (1..20), about distinct names.
         value_len: digits of each key (the answer).
+        tokenizer: encode the text with it (``encode(str) -> ids``, ``vocab_size``)
+            instead of as bytes; ``noise`` is then in its ids.
     """
 
     name = "facts"
@@ -48,8 +55,11 @@ class FactsTask(Task):
         noise: Any = None,
         num_facts: int = 3,
         value_len: int = 3,
+        tokenizer: Any = None,
     ) -> None:
         super().__init__(total_len=total_len, segments=segments, segment_len=segment_len, seed=seed)
+        self.tokenizer = tokenizer
+        self.vocab_size = VOCAB_SIZE if tokenizer is None else int(tokenizer.vocab_size)
         at_least(self.name, "num_facts", num_facts, 1)
         at_least(self.name, "value_len", value_len, 1)
         if num_facts > len(NAMES):
@@ -57,19 +67,21 @@ class FactsTask(Task):
                 f"task {self.name!r}: num_facts must be <= {len(NAMES)}, got {num_facts}"
             )
         self.num_facts, self.value_len = num_facts, value_len
-        self.answer_len, self.chance = value_len, 0.1
-        longest = max(len(name) for name in NAMES)
-        self._check_question_fits(len(self.QUESTION.format(name="x" * longest)))
-        fact_len = len(self.FACT.format(name="x" * longest, value="0" * value_len))
-        question_len = len(self.QUESTION.format(name="x" * longest))
-        needed = num_facts * fact_len + question_len + value_len - 1
+        self.chance = 0.1
+        self.answer_len = max(len(self._encode(str(d) * value_len)) for d in range(10))
+        question_len = max(len(self._encode(self.QUESTION.format(name=n))) for n in NAMES)
+        self._check_question_fits(question_len)
+        fact_len = max(
+            len(self._encode(self.FACT.format(name=n, value="0" * value_len))) for n in NAMES
+        )
+        needed = num_facts * fact_len + question_len + self.answer_len - 1
         if needed > total_len:
             raise ConfigError(
                 f"task {self.name!r}: total_len ({total_len}) is too small for {num_facts} facts "
                 f"and the question: it needs up to {needed} input tokens"
             )
-        self.noise = _noise_tokens(noise)
-        window = total_len + 1 - value_len  # the most noise a row can need
+        self.noise = _noise_tokens(noise, vocab_size=self.vocab_size)
+        window = total_len  # the most noise a row can need (at least one answer token)
         if self.noise.numel() < window:
             raise ConfigError(
                 f"task {self.name!r}: the noise has {self.noise.numel()} tokens, but a row "
@@ -86,9 +98,12 @@ class FactsTask(Task):
             values = ["".join(str(d) for d in row_digits) for row_digits in digits.tolist()]
             asked = int(torch.randint(0, self.num_facts, (1,), generator=generator))
             facts = [
-                _encode(self.FACT.format(name=NAMES[n], value=v)) for n, v in zip(names, values)
+                self._encode(self.FACT.format(name=NAMES[n], value=v))
+                for n, v in zip(names, values)
             ]
-            tail = _encode(self.QUESTION.format(name=NAMES[names[asked]]) + values[asked])
+            question = self._encode(self.QUESTION.format(name=NAMES[names[asked]]))
+            value = self._encode(values[asked])
+            tail = torch.cat([question, value])
             noise_len = length - len(tail) - sum(len(f) for f in facts)
             last_start = self.noise.numel() - noise_len
             start = int(torch.randint(0, last_start + 1, (1,), generator=generator))
@@ -100,15 +115,17 @@ class FactsTask(Task):
                 previous = cut
             pieces += [noise[previous:], tail]
             sequence[row] = torch.cat(pieces)
-            answer[row, -self.value_len :] = True
+            answer[row, -len(value) :] = True
         return sequence, answer
 
+    def _encode(self, text: str) -> Tensor:
+        """``text`` as a 1-D long tensor of bytes, or of the tokenizer's ids."""
+        if self.tokenizer is None:
+            return torch.tensor(list(text.encode("ascii")), dtype=torch.long)
+        return torch.from_numpy(np.asarray(self.tokenizer.encode(text), dtype=np.int64))
 
-def _encode(text: str) -> Tensor:
-    return torch.tensor(list(text.encode("ascii")), dtype=torch.long)
 
-
-def _noise_tokens(noise: Any) -> Tensor:
+def _noise_tokens(noise: Any, *, vocab_size: int = VOCAB_SIZE) -> Tensor:
     """A 1-D long tensor of byte tokens from the accepted noise types."""
     hint = "facts needs noise: a 1-D uint8/uint16 array of byte tokens of real text"
     if noise is None:
@@ -128,6 +145,6 @@ def _noise_tokens(noise: Any) -> Tensor:
     if tokens.dim() != 1 or tokens.numel() == 0:
         raise ConfigError(f"{hint}, got shape {tuple(tokens.shape)}")
     low, high = int(tokens.min()), int(tokens.max())
-    if low < 0 or high >= VOCAB_SIZE:
-        raise ConfigError(f"{hint}: token ids must be in [0, {VOCAB_SIZE}), got {low}..{high}")
+    if low < 0 or high >= vocab_size:
+        raise ConfigError(f"{hint}: token ids must be in [0, {vocab_size}), got {low}..{high}")
     return tokens

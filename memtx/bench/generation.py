@@ -1,0 +1,117 @@
+"""Streaming generation: tokens/s and resident memory do not depend on how much is generated.
+
+Generates with :class:`memtx.generate.Generation` (greedy, batch 1) from the model of a
+preset (random weights: speed does not depend on them) and reads the rate and the
+process's RSS at checkpoints (1K, 10K, 100K new tokens by default), then decodes the
+same tokens to text with :class:`memtx.generate.TextDecoder` and a stop string, so the
+text path's cost per token is measured too. The previous implementation (kept every
+token, decoded all of its output again for every token) can be timed beside it with
+``--baseline FILE``, a copy of the old ``memtx/generate.py``.
+
+    python -m memtx.bench.generation --config configs/demo.toml --checkpoints 1000,10000,100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+
+from memtx.bench.common import peak_rss_mb, reset_peak_rss
+from memtx.config import load_run_config
+from memtx.data.tokenizers import ByteTokenizer
+from memtx.generate import Generation, Sampler, TextDecoder
+from memtx.models import from_config
+from memtx.reading import read, start_context
+
+__all__ = ["measure_streaming"]
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def measure_streaming(
+    *, config: str, checkpoints: list[int], seed: int = 0, baseline: str | None = None
+) -> dict[str, Any]:
+    """Rate (tokens/s) and RSS of one long greedy generation at each checkpoint."""
+    torch.manual_seed(seed)
+    model = from_config(load_run_config(config, overrides=[]).model).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 16))
+    context = read(model, prompt, start_context(model))
+    generation = Generation(
+        model, context, max_new_tokens=max(checkpoints), sampler=Sampler(temperature=0)
+    )
+    decoder = TextDecoder(ByteTokenizer(), stop=["\x00\x01\x02 never"])
+    rows, done, began, last_time = [], 0, time.perf_counter(), time.perf_counter()
+    reset_peak_rss()
+    for point in sorted(checkpoints):
+        for column in generation:
+            decoder.push(int(column[0]) % 256)
+            done += 1
+            if done == point:
+                break
+        now = time.perf_counter()
+        since = done - (rows[-1]["new_tokens"] if rows else 0)
+        rows.append(
+            {
+                "new_tokens": done,
+                "tokens_per_s_overall": round(done / (now - began), 1),
+                "tokens_per_s_since_last": round(since / (now - last_time), 1),
+                "rss_mb": round(_rss_mb(), 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+            }
+        )
+        last_time = now
+    result: dict[str, Any] = {"config": config, "params": model.num_parameters(), "rows": rows}
+    if baseline is not None:
+        result["side_by_side"] = _side_by_side(model, prompt, baseline)
+    return result
+
+
+def _side_by_side(model: Any, prompt: torch.Tensor, baseline: str) -> dict[str, float]:
+    """tokens/s of the old ``generate`` and of :class:`Generation`, 1K tokens, alternated."""
+    spec = importlib.util.spec_from_file_location("old_generate", baseline)
+    assert spec is not None and spec.loader is not None
+    old = importlib.util.module_from_spec(spec)
+    sys.modules["old_generate"] = old  # dataclasses look their module up
+    spec.loader.exec_module(old)
+    greedy = Sampler(temperature=0)
+    rates: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(3):
+        began = time.perf_counter()
+        old.generate(model, prompt, max_new_tokens=1000, sampler=old.Sampler(temperature=0))
+        rates["old"].append(1000 / (time.perf_counter() - began))
+        began = time.perf_counter()
+        context = read(model, prompt, start_context(model))
+        for _ in Generation(model, context, max_new_tokens=1000, sampler=greedy):
+            pass
+        rates["new"].append(1000 / (time.perf_counter() - began))
+    return {name: round(max(values), 1) for name, values in rates.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/demo.toml")
+    parser.add_argument("--checkpoints", default="1000,10000,100000")
+    parser.add_argument("--baseline", default=None, help="a copy of the old generate.py")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    points = [int(p) for p in args.checkpoints.split(",")]
+    print(
+        json.dumps(
+            measure_streaming(config=args.config, checkpoints=points, baseline=args.baseline)
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
