@@ -65,7 +65,7 @@ def test_memory_and_lora_are_all_that_trains_with_the_family_default_targets(
 def test_bad_trainable_choices_are_one_line_errors(folders) -> None:
     with pytest.raises(ConfigError, match="model 'transformer' has no memory parameters"):
         select_trainable(memtx.build("transformer"), TrainConfig(trainable="memory"))
-    with pytest.raises(ConfigError, match="must be a pretrained one: set model.hf_path"):
+    with pytest.raises(ConfigError, match=r"must be a pretrained one: set model\.hf_path"):
         select_trainable(memtx.build("rmt"), TrainConfig(trainable="memory"))
     model = memtx.build("rmt", backbone="hf", hf_path=str(folders["llama"]), segment_len=16)
     lora = TrainConfig(trainable="memory+lora", lora_targets=("q_proj", "qkv_proj"))
@@ -133,7 +133,7 @@ def test_trained_parts_load_only_onto_their_own_base(folders, tmp_path) -> None:
     config = json.loads((tmp_path / "run/config.json").read_text())
     config["model"]["hf_path"] = str(other)
     (tmp_path / "run/config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match="trained on the base model .* load it onto the same"):
+    with pytest.raises(ConfigError, match=r"trained on the base model .* load it onto the same"):
         load_trained(tmp_path / "run")
 
 

@@ -59,7 +59,7 @@ def test_sizes_are_read_from_the_checkpoint_and_a_restated_one_must_agree(folder
     assert build("rmt", folders[family], d_model=WIDTH).config == cfg
     with pytest.raises(ConfigError, match=rf"model.d_model=64 but .* has d_model={WIDTH}"):
         build("rmt", folders[family], d_model=64)
-    with pytest.raises(ConfigError, match="hf_model_type='opt' but .* holds a"):
+    with pytest.raises(ConfigError, match=r"hf_model_type=.opt. but .* holds a"):
         build("armt", folders[family], hf_model_type="opt")
 
 
