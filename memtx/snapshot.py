@@ -47,6 +47,7 @@ __all__ = [
     "ReadState",
     "Snapshot",
     "SnapshotError",
+    "SnapshotMismatch",
     "from_bytes",
     "identify",
     "load",
@@ -62,6 +63,10 @@ _MAX_HEADER = 1 << 24
 
 class SnapshotError(DataError):
     """A snapshot that cannot be read, or that belongs to another model."""
+
+
+class SnapshotMismatch(SnapshotError):
+    """A snapshot taken with another model (other config or weights)."""
 
 
 @dataclass(frozen=True)
@@ -214,8 +219,9 @@ def from_bytes(
     """Load a snapshot from its bytes into ``model``'s device, checking it belongs to it.
 
     Raises:
-        SnapshotError: not a snapshot, damaged, or taken with another model (other
-            config or weights): the message names both.
+        SnapshotError: not a snapshot, or damaged.
+        SnapshotMismatch: taken with another model (other config or weights); the
+            message names both.
     """
     meta = _metadata(data, where=where)
     try:
@@ -226,7 +232,7 @@ def from_bytes(
         raise SnapshotError(f"{where} is damaged ({exc})") from None
     identity = identity or identify(model)
     if not saved.same_model(identity):
-        raise SnapshotError(
+        raise SnapshotMismatch(
             f"{where} was taken with the model {saved}; it cannot be loaded into "
             f"the model {identity}"
         )

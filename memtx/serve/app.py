@@ -178,10 +178,12 @@ def create_app(
     async def memtx_error(_: Request, exc: MemtxError) -> JSONResponse:
         if isinstance(exc, UnknownSession):
             return _error(404, str(exc))
-        return _error(409 if isinstance(exc, snapshot.SnapshotError) else 400, str(exc))
+        return _error(409 if isinstance(exc, snapshot.SnapshotMismatch) else 400, str(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return _error(400, "the body is not valid JSON (UTF-8)")  # e.g. Latin-1 bytes
         return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -298,7 +300,8 @@ def create_app(
     ) -> AsyncIterator[str]:
         async with lock(session_id):
             try:
-                context = await read_into(await get(session_id), prompt)
+                before = await get(session_id)
+                context = await read_into(before, prompt)
                 generation = Generation(
                     model, context, max_new_tokens=body.max_new_tokens, sampler=sampler,
                     seed=body.seed,
@@ -326,7 +329,8 @@ def create_app(
                     else:
                         if body.keep:
                             await asyncio.to_thread(store.put, session_id, item)
-                        done = {"tokens": generation.produced, "tokens_read": item.tokens_read}
+                        kept = item if body.keep else before
+                        done = {"tokens": generation.produced, "tokens_read": kept.tokens_read}
                         yield _sse("done", {**describe(session_id), **done})
                         return
             finally:
