@@ -140,14 +140,15 @@ def create_app(
     locks: dict[str, asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        engine_box["engine"] = Engine(model)
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine_box["engine"] = app.state.engine = Engine(model)
         try:
             yield
         finally:  # every session is on disk already (written through)
             engine_box.pop("engine").close()
 
     app = FastAPI(title="memtx serve", version=__version__, lifespan=lifespan)
+    app.state.store = store
     app.add_middleware(_Guard, token=token, max_body_bytes=limits.max_body_bytes)
 
     def lock(session_id: str) -> asyncio.Lock:
