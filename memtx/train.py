@@ -380,11 +380,22 @@ def evaluate_run(
     max_tokens: int = 0,
     rows: int = 8,
     progress: bool = False,
+    diagnostic: str = "none",
 ) -> EvalResult:
-    """Evaluate a trained text run on a split of its corpus (or of ``corpus``)."""
+    """Evaluate a trained text run on a split of its corpus (or of ``corpus``).
+
+    ``diagnostic`` (Memformer only, see :meth:`memtx.models.memformer.Memformer.set_diagnostic`)
+    ablates part of the history at evaluation time, with the trained weights as they are.
+    """
     if split not in ("valid", "test"):
         raise ConfigError(f"--split must be valid or test, got {split!r}")
     run, model = load_trained(run_dir, overrides=overrides)
+    if diagnostic != "none":
+        from memtx.models.memformer import Memformer
+
+        if not isinstance(model, Memformer):
+            raise ConfigError(f"--diagnostic is for memformer runs; {run_dir} is {run.model.name}")
+        model.set_diagnostic(diagnostic)
     if run.task is not None:
         raise ConfigError(f"{run_dir} was trained on the task {run.task.name!r}: use --segments")
     if corpus is not None:
