@@ -35,6 +35,7 @@ __all__ = [
     "HF_SIZE_NAMES",
     "PretrainedSource",
     "base_identity",
+    "converted_folder",
     "pretrained_sizes",
     "resolve_source",
     "with_pretrained_sizes",
@@ -106,6 +107,23 @@ class PretrainedSource:
         if self.gguf_file:
             return [self.folder / self.gguf_file]
         return [*sorted(self.folder.glob("*.safetensors")), self.folder / "config.json"]
+
+
+def converted_folder(source: PretrainedSource, part: str) -> Path | None:
+    """Where a GGUF checkpoint's ``part`` (``model``, ``tokenizer``) is kept converted.
+
+    Dequantising a GGUF file and converting its tokenizer take ``transformers`` tens of
+    seconds; the result is saved once per file (by its sha256) under ``$MEMTX_CACHE`` (else
+    ``~/.cache/memtx``) in ``gguf/<sha256>/<part>/`` as safetensors and JSON, and later
+    loads read that (a cache beside the checkpoint, never a run folder). None for a folder.
+    """
+    if not source.gguf_file:
+        return None
+    env = os.environ.get("MEMTX_CACHE")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "memtx"
+    file = source.folder / source.gguf_file
+    stat = file.stat()
+    return root / "gguf" / _file_sha256(str(file), stat.st_size, stat.st_mtime_ns)[:24] / part
 
 
 def resolve_source(hf_path: str) -> PretrainedSource:

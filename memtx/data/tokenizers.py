@@ -17,8 +17,11 @@ with ``tokenizers.Tokenizer.from_file``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
@@ -307,11 +310,21 @@ class PretrainedTokenizer:
             ConfigError: see :func:`~memtx.config.pretrained.resolve_source`.
             DataError: the checkpoint has no tokenizer.
         """
-        from memtx.config.pretrained import resolve_source
+        from memtx.config.pretrained import converted_folder, resolve_source
 
-        where, kwargs = resolve_source(hf_path).from_pretrained_args()
-        hf = _auto_tokenizer(where, kwargs, what=f"model.hf_path={hf_path!r}")
-        return cls(hf, source=hf_path)
+        source = resolve_source(hf_path)
+        what = f"model.hf_path={hf_path!r}"
+        where, kwargs = source.from_pretrained_args()
+        converted = converted_folder(source, "tokenizer")
+        if converted is not None and not (converted / "tokenizer_config.json").is_file():
+            staging = converted.with_name(f".tokenizer-{os.getpid()}")
+            _auto_tokenizer(where, kwargs, what=what).save_pretrained(str(staging))
+            with contextlib.suppress(OSError):  # another process may have converted it first
+                staging.rename(converted)
+            shutil.rmtree(staging, ignore_errors=True)
+        if converted is not None:  # a GGUF tokenizer converts slowly: once per file
+            where, kwargs = str(converted), {"local_files_only": True}
+        return cls(_auto_tokenizer(where, kwargs, what=what), source=hf_path)
 
     def encode(self, data: str | bytes) -> np.ndarray:
         """Encodes text (bytes are decoded as UTF-8) into a 1-D ``np.uint16`` array."""

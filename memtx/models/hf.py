@@ -20,16 +20,21 @@ scores, which is how the backbone passes RMT's mask; any other implementation is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import os
+import shutil
 from typing import Any
 
+import safetensors.torch
 from torch import nn
 
 from memtx.config import ARMTConfig, RMTConfig
 from memtx.config.pretrained import (
     HF_SIZE_NAMES,
     PretrainedSource,
+    converted_folder,
     pretrained_sizes,
     resolve_source,
 )
@@ -129,14 +134,24 @@ def _stamp(source: PretrainedSource) -> tuple[tuple[str, int, int], ...]:
 
 @functools.lru_cache(maxsize=2)
 def _pretrained(source: PretrainedSource, attn: str, stamp: tuple[Any, ...]) -> nn.Module:
-    """The checkpoint loaded once (``stamp`` keys the cache on the files' state)."""
-    transformers = import_transformers()
+    """The checkpoint loaded once (``stamp`` keys the cache on the files' state); a GGUF
+    file through its converted copy (:func:`~memtx.config.pretrained.converted_folder`)."""
+    auto = import_transformers().AutoModelForCausalLM
     where, kwargs = source.from_pretrained_args()
-    if not source.gguf_file:
-        kwargs["use_safetensors"] = True  # never unpickle a .bin
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        where, attn_implementation=attn, **kwargs
-    )
+    converted = converted_folder(source, "model")
+    if converted is not None and not (converted / "config.json").is_file():
+        model = auto.from_pretrained(where, attn_implementation=attn, **kwargs)  # dequantise
+        staging = converted.with_name(f".model-{os.getpid()}")
+        # save_pretrained refuses a model read from GGUF: write the weights and config
+        staging.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_model(model, str(staging / "model.safetensors"))
+        model.config.save_pretrained(str(staging))
+        with contextlib.suppress(OSError):  # another process may have converted it first
+            staging.rename(converted)
+        shutil.rmtree(staging, ignore_errors=True)
+    if converted is not None:
+        where, kwargs = str(converted), {"local_files_only": True}
+    return auto.from_pretrained(where, attn_implementation=attn, use_safetensors=True, **kwargs)
 
 
 def _has_field(hf_config: Any, name: str) -> bool:
