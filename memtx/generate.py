@@ -122,6 +122,11 @@ class _Segment:
         self.tokens, self.state = None, None
 
 
+def _check_max_new_tokens(max_new_tokens: object) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise DataError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+
+
 class Generation(Iterator[Tensor]):
     """Tokens sampled one at a time after a context: iterate to get columns [B].
 
@@ -152,8 +157,7 @@ class Generation(Iterator[Tensor]):
         seed: int | None = None,
         use_cache: bool = True,
     ) -> None:
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise DataError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        _check_max_new_tokens(max_new_tokens)
         if context.pending.shape[1] == 0:
             raise DataError(
                 "the prompt must hold at least one token (nothing was read to continue from)"
@@ -232,8 +236,7 @@ def generate(
     Raises:
         DataError: empty or malformed prompt, ``max_new_tokens`` < 0.
     """
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise DataError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    _check_max_new_tokens(max_new_tokens)
     if not isinstance(prompt, Tensor) or prompt.dim() != 2 or prompt.shape[1] == 0:
         shape = tuple(prompt.shape) if isinstance(prompt, Tensor) else type(prompt).__name__
         raise DataError(f"the prompt must hold at least one token, shape [batch, >=1]; got {shape}")

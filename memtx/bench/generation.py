@@ -50,7 +50,8 @@ def measure_streaming(
         model, context, max_new_tokens=max(checkpoints), sampler=Sampler(temperature=0)
     )
     decoder = TextDecoder(ByteTokenizer(), stop=["\x00\x01\x02 never"])
-    rows, done, began, last_time = [], 0, time.perf_counter(), time.perf_counter()
+    rows: list[dict[str, float]] = []
+    done, began, last_time = 0, time.perf_counter(), time.perf_counter()
     reset_peak_rss()
     for point in sorted(checkpoints):
         for column in generation:

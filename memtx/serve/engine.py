@@ -59,7 +59,7 @@ class GenerationJob:
 
     generation: Generation
     decoder: TextDecoder
-    emit: Callable[[str | Context | BaseException], None]
+    emit: Callable[[str | Context | BaseException], object]
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
