@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import sys
 import time
 from typing import Any
@@ -29,7 +30,7 @@ from memtx.generate import Generation, Sampler, TextDecoder
 from memtx.models import from_config
 from memtx.reading import read, start_context
 
-__all__ = ["measure_streaming"]
+__all__ = ["measure_interleaved", "measure_streaming"]
 
 
 def _rss_mb() -> float:
@@ -77,6 +78,53 @@ def measure_streaming(
     return result
 
 
+def measure_interleaved(
+    *, config: str, position: int, window: int = 1000, rounds: int = 5, seed: int = 0
+) -> dict[str, Any]:
+    """Tokens/s of a generation ``position`` tokens in against a fresh one's first ``window``.
+
+    The long generation (and its text decoding) first runs ``position`` tokens; then
+    ``window`` tokens of it and the first ``window`` tokens of a fresh generation are timed
+    in alternation, ``rounds`` times, so a load that drifts on a shared machine hits both
+    alike. Reported: median rates, their ratio, and the RSS before and after.
+    """
+    torch.manual_seed(seed)
+    model = from_config(load_run_config(config, overrides=[]).model).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 16))
+    greedy = Sampler(temperature=0)
+
+    def timed(generation: Generation, decoder: TextDecoder, count: int) -> float:
+        began = time.perf_counter()
+        for _, column in zip(range(count), generation):
+            decoder.push(int(column[0]) % 256)
+        return count / (time.perf_counter() - began)
+
+    def fresh() -> Generation:
+        context = read(model, prompt, start_context(model))
+        return Generation(model, context, max_new_tokens=10**9, sampler=greedy)
+
+    long, long_text = fresh(), TextDecoder(ByteTokenizer(), stop=["\x00\x01 never"])
+    timed(long, long_text, window)
+    rss_first = _rss_mb()
+    warm = timed(long, long_text, position - window)
+    rates: dict[str, list[float]] = {"fresh": [], "long": []}
+    for _ in range(rounds):
+        rates["fresh"].append(timed(fresh(), TextDecoder(ByteTokenizer()), window))
+        rates["long"].append(timed(long, long_text, window))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    return {
+        "config": config,
+        "position": position,
+        "window": window,
+        "warm_up_tokens_per_s": round(warm, 1),
+        "fresh_tokens_per_s": round(medians["fresh"], 1),
+        "long_tokens_per_s": round(medians["long"], 1),
+        "long_over_fresh": round(medians["long"] / medians["fresh"], 3),
+        "rss_mb": {"after_window": round(rss_first, 1), "after_all": round(_rss_mb(), 1)},
+        "rates": {name: [round(v, 1) for v in values] for name, values in rates.items()},
+    }
+
+
 def _side_by_side(model: Any, prompt: torch.Tensor, baseline: str) -> dict[str, float]:
     """tokens/s of the old ``generate`` and of :class:`Generation`, 1K tokens, alternated."""
     spec = importlib.util.spec_from_file_location("old_generate", baseline)
@@ -104,8 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", default="1000,10000,100000")
     parser.add_argument("--baseline", default=None, help="a copy of the old generate.py")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--interleaved", type=int, default=0, help="position: see measure_interleaved"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.interleaved:
+        print(json.dumps(measure_interleaved(config=args.config, position=args.interleaved)))
+        return
     points = [int(p) for p in args.checkpoints.split(",")]
     print(
         json.dumps(
