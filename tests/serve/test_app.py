@@ -12,7 +12,7 @@ from memtx import snapshot
 from memtx.data import load_tokenizer
 from memtx.errors import DataError
 from memtx.reading import Context, next_logits, read, start_context
-from memtx.serve import Limits
+from memtx.serve import TOKEN_ENV, Limits
 from memtx.train import load_trained
 from tests.serve.conftest import Server
 
@@ -107,11 +107,18 @@ def test_sessions_beyond_the_bound_wait_on_disk_and_come_back(
         again.close()
 
 
-def test_a_token_is_required_when_set(rmt_run: Path, tmp_path: Path) -> None:
-    server = Server(rmt_run, tmp_path / "s", token="sekrit")
+@pytest.mark.parametrize("from_env", [False, True])
+def test_a_token_is_required_when_set(
+    rmt_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_env: bool
+) -> None:
+    if from_env:
+        monkeypatch.setenv(TOKEN_ENV, "sekrit")
+    server = Server(rmt_run, tmp_path / "s", token=None if from_env else "sekrit")
+    server.token = "sekrit"
     try:
         status, body = server.request("GET", "/health", token=None)
         assert status == 401 and "Bearer" in body["error"]
+        assert server.request("GET", "/openapi.json", token=None)[0] == 401
         assert server.request("GET", "/sessions", token="wrong")[0] == 401
         assert server.request("GET", "/health")[0] == 200
     finally:

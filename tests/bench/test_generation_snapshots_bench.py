@@ -1,0 +1,23 @@
+"""The generation and snapshot benchmarks run, small, and report what they claim."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from memtx.bench.generation import measure_interleaved
+from memtx.bench.snapshots import measure_sizes
+
+
+def test_interleaved_generation_reports_both_rates() -> None:
+    result = measure_interleaved(config="configs/demo.toml", position=64, window=32, rounds=1)
+    assert result["fresh_tokens_per_s"] > 0 and result["long_tokens_per_s"] > 0
+    assert set(result["rss_mb"]) == {"after_window", "after_all"}
+
+
+def test_snapshot_sizes_are_those_of_the_files(tmp_path: Path) -> None:
+    rows = {row["model"]: row for row in measure_sizes(tokens=1000, folder=tmp_path)}
+    assert set(rows) == {"transformer", "transformer_xl", "memformer", "rmt", "armt"}
+    for name, row in rows.items():
+        assert row["snapshot_file_kb"] == round((tmp_path / f"{name}.mem").stat().st_size / 1024, 1)
+        assert row["snapshot_file_kb"] >= row["memory_kb"]
+    assert rows["transformer_xl"]["memory_kb"] == rows["transformer_xl"]["transformer_xl_cache_kb"]
