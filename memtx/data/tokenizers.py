@@ -326,6 +326,12 @@ class PretrainedTokenizer:
             where, kwargs = str(converted), {"local_files_only": True}
         return cls(_auto_tokenizer(where, kwargs, what=what), source=hf_path)
 
+    @property
+    def eos_id(self) -> int | None:
+        """The end-of-text token id, where the tokenizer has one."""
+        eos = getattr(self._hf, "eos_token_id", None)
+        return int(eos) if isinstance(eos, int) else None
+
     def encode(self, data: str | bytes) -> np.ndarray:
         """Encodes text (bytes are decoded as UTF-8) into a 1-D ``np.uint16`` array."""
         text = data if isinstance(data, str) else _as_bytes(data).decode("utf-8", "replace")
