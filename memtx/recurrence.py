@@ -15,6 +15,14 @@ place that loops over segments. Gradient strategies are functions over that loop
 With dropout, every segment runs under its own RNG seed derived from one draw of the
 global generator per rollout, so the replay of MRBP sees the same dropout masks as its
 forward pass, and all three strategies see the same masks as each other.
+
+No host sync: neither this loop nor any model's ``step`` reads a tensor's value on the
+host (no ``.item()``, ``.tolist()``, ``bool(tensor)``, no shape that depends on the
+data), so on an accelerator the host queues a whole rollout without waiting. Types and
+shapes are checked on the host; values (token ids, a memory's lengths) on the device
+(:func:`memtx.models.protocol.check_on_device`). The one read is the dropout seed, drawn
+from the CPU generator (a host tensor). ``tests/test_host_syncs.py`` counts them.
+``check_memory=True`` is the exception by request: one sync per segment.
 """
 
 from __future__ import annotations
@@ -94,7 +102,10 @@ def _segment_rng(seed: int | None, index: int, device: torch.device) -> Iterator
 
 
 def _rollout_seed(model: SegmentModel) -> int | None:
-    """One draw of the global generator per rollout when dropout is active, else None."""
+    """One draw of the global generator per rollout when dropout is active, else None.
+
+    The CPU generator's draw is a host tensor: reading it waits for no device.
+    """
     training = getattr(model, "training", False)
     if training and getattr(model.config, "dropout", 0.0) > 0:
         return int(torch.randint(0, 2**62, (1,)).item())

@@ -154,19 +154,27 @@ class AssociativeLayer(nn.Module):
         """``linear(h)`` in the parameters' dtype, returned in the state's ``dtype``."""
         return linear(h.to(linear.weight.dtype)).to(dtype)
 
-    def read(self, stream: Tensor, A: Tensor, z: Tensor) -> Tensor:
-        """``stream`` [B, T, d] plus what A [B, d_key, d], z [B, d_key] associate with it."""
+    def read(self, stream: Tensor, A: Tensor, z: Tensor, *, keep: Tensor | None = None) -> Tensor:
+        """``stream`` [B, T, d] plus what A [B, d_key, d], z [B, d_key] associate with it.
+
+        ``keep`` [B] bool: False where a stream starts (its A and z count as empty, whatever
+        they hold: the read adds exactly 0); None: every row reads its state.
+        """
         with torch.autocast(stream.device.type, enabled=False):
             q = dpfp(self._project(self.query, stream, A.dtype), self.nu)  # (B, T, d_key)
             numerator = torch.bmm(q, A)  # (B, T, d)
             denominator = torch.bmm(q, z.unsqueeze(-1)) + EPS  # (B, T, 1)
-            return stream + (numerator / denominator).to(stream.dtype)
+            read = numerator / denominator
+            if keep is not None:  # a select, not a pass over A: no host sync, no copy of A
+                read = torch.where(keep[:, None, None], read, 0.0)
+            return stream + read.to(stream.dtype)
 
     def write(self, outputs: Tensor, A: Tensor, z: Tensor, *, fresh: Tensor) -> Write:
         """The delta-rule write of the memory positions' outputs [B, m, d].
 
-        ``fresh`` [B] bool marks rows whose A and z are empty (a stream's first segment):
-        their correction is 1, as the authors' first segment.
+        ``fresh`` [B] bool marks rows that start a stream: their A and z count as empty
+        (whatever they hold), so ``v_old`` is 0 and the correction 1, as the authors' first
+        segment.
         """
         dtype = A.dtype
         with torch.autocast(outputs.device.type, enabled=False):
@@ -175,13 +183,16 @@ class AssociativeLayer(nn.Module):
             b = torch.sigmoid(self._project(self.gate, outputs, dtype))  # (B, m, 1)
             overlap = torch.bmm(k, z.unsqueeze(-1)) + EPS  # (B, m, 1) z . k
             v_old = torch.bmm(k, A) / overlap  # (B, m, d) what A holds for k
+            v_old = torch.where(fresh[:, None, None], 0.0, v_old)
             if self.correction:
                 g = 1 - overlap / (k.square().sum(-1, keepdim=True) + EPS)
                 g = torch.where(fresh[:, None, None], 1.0, g.clamp(0, 1)).detach()
             else:
                 g = torch.ones_like(overlap)
-            A = A + torch.bmm((b * k).transpose(1, 2), v - v_old)  # (B, d_key, d)
-            z = z + (g * k).sum(1)  # (B, d_key)
+            keep = (~fresh).to(dtype)[:, None, None]  # (B, 1, 1) 0 clears a fresh row
+            # A * keep + (b k)^T (v - v_old): the clearing and the add in two passes over A
+            A = torch.baddbmm(A * keep, (b * k).transpose(1, 2), v - v_old)  # (B, d_key, d)
+            z = z * keep[:, 0] + (g * k).sum(1)  # (B, d_key)
         return Write(A, z, b.detach().mean((1, 2)), g.mean((1, 2)))
 
 
@@ -247,33 +258,37 @@ class ARMT(SegmentLM):
         )
 
     def read_state(self, memory: ARMTMemory) -> tuple[Tensor, Tensor]:
-        """(A, z) a segment reads: empty (zeros) in the rows marked ``reset``."""
-        if not bool(memory.reset.any()):  # nothing to clear: skip a pass over A
-            return memory.A, memory.z
+        """(A, z) with the rows marked ``reset`` cleared (decoding; ``step`` clears them in
+        its reads and writes instead, without a pass over A)."""
         reset = memory.reset[None, :, None]  # (1, B, 1)
         return memory.A.masked_fill(reset[..., None], 0.0), memory.z.masked_fill(reset, 0.0)
 
     # ------------------------------------------------------------------ forward
 
-    def _hook(self, A: Tensor, z: Tensor, fresh: Tensor, writes: list[Write] | None) -> LayerHook:
+    def _hook(
+        self, A: Tensor, z: Tensor, fresh: Tensor | None, writes: list[Write] | None
+    ) -> LayerHook:
         """The layer hook: write layer ``index - 1``'s memory positions, read into ``index``.
 
-        ``writes`` collects the writes; None reads only (decoding, no memory positions).
+        ``fresh`` [B] bool: rows that start a stream (their A and z count as empty); None:
+        A and z are already cleared. ``writes`` collects the writes; None reads only
+        (decoding, no memory positions).
         """
+        keep = None if fresh is None else ~fresh  # (B,)
         m, layers = self.config.memory_tokens, cast(list[AssociativeLayer], list(self.associative))
         # One unbind, not a select per layer: a select's backward fills a zero tensor of
         # the whole state for every layer; unbind's stacks the layers' gradients once.
         A_layers, z_layers = A.unbind(0), z.unbind(0)
 
         def hook(index: int, stream: Tensor) -> Tensor:  # stream (B, T, d)
-            if writes is not None and index > 0:
+            if writes is not None and fresh is not None and index > 0:
                 last = index - 1
                 write = layers[last].write(
                     stream[:, -m:], A_layers[last], z_layers[last], fresh=fresh
                 )
                 writes.append(write)
             if index < len(layers):
-                stream = layers[index].read(stream, A_layers[index], z_layers[index])
+                stream = layers[index].read(stream, A_layers[index], z_layers[index], keep=keep)
             return stream
 
         return hook
@@ -297,8 +312,8 @@ class ARMT(SegmentLM):
         )
         causal = torch.ones(length + m, length + m, dtype=torch.bool, device=device).tril()
         writes: list[Write] = []
-        A, z = self.read_state(memory)
-        hook = self._hook(A, z, memory.reset, writes)
+        # Rows marked ``reset`` are cleared inside the reads and writes (no host sync).
+        hook = self._hook(memory.A, memory.z, memory.reset, writes)
         out = self.backbone.run(
             inputs, mask=causal, positions=positions, logits_at=slice(0, length), layer_hook=hook
         )
@@ -340,7 +355,7 @@ class ARMT(SegmentLM):
             mask=cache_mask(state.length, n, device=device),
             positions=positions,
             caches=state.caches,
-            layer_hook=self._hook(A, z, torch.zeros(0, dtype=torch.bool), None),
+            layer_hook=self._hook(A, z, None, None),
         )
         assert out.caches is not None  # a run with caches returns them grown
         grown = DecodeState(caches=out.caches, length=state.length + n, extra=state.extra)

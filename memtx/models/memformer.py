@@ -18,13 +18,14 @@ Choices where the paper leaves room (all documented where they are made):
   token after ``tokens[:, i]``) we feed the real tokens: ``logits[:, 0]`` predicts
   ``x_t[1]`` from ``x_t[0]`` and H_{t-1}. The first token of a segment is predicted by the
   previous segment's last position, exactly as the driver's shifted targets ask.
-- Start of a stream (``prev_len == 0``): there is no previous segment, so the encoder does
-  not run for that row, the decoder cross-attends to one learned "null context" vector
-  instead of H, and the row's next slots are the terminal state (what ``init_memory``
-  holds: with no input the memory stays there). They are computed from the parameters,
-  not copied from the input memory, so the terminal state / initial memory is learned
-  the same way by every gradient strategy (MRBP detaches the input memory of a rollout;
-  a copied initial memory would get gradient from ``full`` only).
+- Start of a stream (``prev_len == 0``): there is no previous segment, so what the
+  encoder computes for that row is discarded (it runs over every row: shapes never depend
+  on the data, so no step waits for the device), the decoder cross-attends to one learned
+  "null context" vector instead of H, and the row's next slots are the terminal state
+  (what ``init_memory`` holds: with no input the memory stays there). They are computed
+  from the parameters, not copied from the input memory, so the terminal state / initial
+  memory is learned the same way by every gradient strategy (MRBP detaches the input
+  memory of a rollout; a copied initial memory would get gradient from ``full`` only).
 - Positions: rotary, restarting at 0 in every segment, in the encoder and the decoder;
   attention scores depend only on distances inside a segment, so a segment is processed
   the same wherever it sits in the stream (the paper asks for any relative scheme).
@@ -46,6 +47,18 @@ Choices where the paper leaves room (all documented where they are made):
 - No memory (``use_memory=False``, the paper's "w/o memory"): no reader, no writer, no
   bias; the slots (zeros) pass through unchanged, the decoder still sees H_{t-1}, and
   ``memory_carries_grad`` is False (only discrete tokens are carried).
+
+Diagnostics (:meth:`Memformer.set_diagnostic`, for evaluating a trained model; they never
+change the weights, so a model trained with memory loads as it is):
+
+- ``"memory_reset"``: the encoder reads the terminal state instead of the carried slots
+  every segment, so nothing older than the previous segment reaches the decoder.
+- ``"no_reader"``: the encoder skips its reader, the paper's "w/o memory" path with these
+  weights (its logits equal those of a ``use_memory=False`` model holding the same
+  encoder and decoder weights).
+- ``"context_masked"``: the decoder's cross-attention sees the null context instead of
+  H_{t-1} every segment, as at the start of a stream: each segment is predicted from
+  itself alone.
 """
 
 from __future__ import annotations
@@ -58,7 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memtx.config import MemformerConfig
-from memtx.errors import DataError
+from memtx.errors import ConfigError, DataError
 from memtx.models.protocol import (
     CachedDecoding,
     DecodeState,
@@ -67,9 +80,13 @@ from memtx.models.protocol import (
     cache_mask,
     check_memory_tensor,
     check_memory_type,
+    check_on_device,
 )
 from memtx.modules import Block, RotaryEmbedding, decode_blocks
 from memtx.modules.attention import merge_heads, split_heads
+
+#: What :meth:`Memformer.set_diagnostic` accepts (see the module docstring).
+DIAGNOSTICS = ("none", "memory_reset", "no_reader", "context_masked")
 
 
 class MemformerMemory(NamedTuple):
@@ -84,6 +101,22 @@ class MemformerMemory(NamedTuple):
     slots: Tensor
     prev_tokens: Tensor
     prev_len: Tensor
+
+
+#: the attribute :meth:`Memformer.init_memory` sets on a fresh ``prev_len``: its version
+_FRESH = "_memtx_fresh_version"
+
+
+def _starts_every_row(prev_len: Tensor) -> bool:
+    """Whether ``prev_len`` is a fresh memory's zeros, unmodified: host metadata only.
+
+    :meth:`Memformer.init_memory` marks the tensor it makes with its version counter,
+    which every in-place write bumps, so an edited or rebuilt ``prev_len`` (or any
+    other memory) takes the static path, which computes the same values.
+    """
+    if torch.compiler.is_compiling():
+        return False  # one graph for every memory
+    return getattr(prev_len, _FRESH, None) == prev_len._version
 
 
 class SlotWriter(nn.Module):
@@ -147,6 +180,7 @@ class Memformer(TiedLM):
     """
 
     memory_carries_grad = True
+    diagnostic = "none"  # an evaluation-time ablation, see set_diagnostic
 
     def __init__(self, config: MemformerConfig) -> None:
         super().__init__(config)
@@ -193,6 +227,27 @@ class Memformer(TiedLM):
             if self.initial_slots is not None:
                 self.initial_slots.copy_(F.normalize(torch.randn_like(self.initial_slots), dim=-1))
 
+    def set_diagnostic(self, mode: str) -> None:
+        """Evaluate with part of the history ablated (module docstring, "Diagnostics").
+
+        ``"none"`` restores the model. The weights are untouched, so this is for measuring
+        what reaches the decoder, not for training.
+        """
+        if mode not in DIAGNOSTICS:
+            raise ConfigError(f"diagnostic must be one of {', '.join(DIAGNOSTICS)}, got {mode!r}")
+        if mode in ("memory_reset", "no_reader") and not self.config.use_memory:
+            raise ConfigError(f"diagnostic {mode!r} needs a model with memory (use_memory=true)")
+        self.diagnostic = mode
+
+    def _diagnosed(self, memory: MemformerMemory) -> MemformerMemory:
+        """The memory the diagnostic lets through."""
+        if self.diagnostic == "memory_reset":
+            terminal = self.terminal_state().to(memory.slots.dtype)  # (k, d)
+            return memory._replace(slots=terminal[None].expand(memory.slots.shape))
+        if self.diagnostic == "context_masked":  # every row as at the start of a stream
+            return memory._replace(prev_len=torch.zeros_like(memory.prev_len))
+        return memory
+
     # ----------------------------------------------------------------------- memory
 
     def terminal_state(self) -> Tensor:
@@ -220,10 +275,11 @@ class Memformer(TiedLM):
         slots = terminal[None].expand(batch_size, -1, -1).clone()  # (B, k, d)
         prev_tokens = torch.zeros(batch_size, cfg.segment_len, dtype=torch.long, device=device)
         prev_len = torch.zeros(batch_size, dtype=torch.long, device=device)
+        setattr(prev_len, _FRESH, prev_len._version)  # see _starts_every_row
         return MemformerMemory(slots, prev_tokens, prev_len)
 
-    def _check_memory(self, memory: MemformerMemory, tokens: Tensor) -> list[int]:
-        """Validate ``memory`` against ``tokens``; return ``prev_len`` as Python ints."""
+    def _check_memory(self, memory: MemformerMemory, tokens: Tensor) -> None:
+        """Validate ``memory`` against ``tokens`` (``prev_len``'s range without a host sync)."""
         check_memory_type(memory, MemformerMemory, model="memformer")
         cfg, batch = self.config, tokens.shape[0]
         check_memory_tensor(
@@ -241,36 +297,33 @@ class Memformer(TiedLM):
         check_memory_tensor(
             memory.prev_len, name="prev_len", shape=(batch,), like=tokens, dtype=torch.long
         )
-        lengths = memory.prev_len.tolist()  # one host sync; the batch layout depends on it
-        bad = [n for n in lengths if not 0 <= n <= cfg.segment_len]
-        if bad:
-            raise DataError(
-                f"memory field prev_len must be in [0, {cfg.segment_len}], got {bad[0]}"
-            )
-        return lengths
+        prev_len, limit = memory.prev_len, cfg.segment_len
+        check_on_device(
+            ((prev_len >= 0) & (prev_len <= limit)).all(),
+            lambda: (
+                f"memory field prev_len must be in [0, {limit}], got "
+                f"{next(n for n in prev_len.tolist() if not 0 <= n <= limit)}"
+            ),
+        )
 
     # ----------------------------------------------------------------------- parts
 
-    def encode(self, tokens: Tensor, lengths: Tensor, slots: Tensor, *, padded: bool) -> Tensor:
+    def encode(self, tokens: Tensor, keys: Tensor, slots: Tensor) -> Tensor:
         """The encoder: bidirectional blocks over a segment, each reading the slots.
 
         Args:
-            tokens: [b, P] the previous segments, right-padded.
-            lengths: [b] long, their lengths (all >= 1).
-            slots: [b, k, d] the memory the reader attends to.
-            padded: whether some row is shorter than P (then padding is masked).
+            tokens: [B, S] the previous segments, right-padded.
+            keys: [B, S] bool, the positions attention may read (see :meth:`_critical_path`).
+            slots: [B, k, d] the memory the reader attends to.
 
         Returns:
-            H [b, P, d] (positions past a row's length hold values nobody reads).
+            H [B, S, d] (positions outside ``keys`` hold values nobody reads).
         """
-        length = tokens.shape[1]
-        positions = torch.arange(length, device=tokens.device)
-        rotary = self.rotary(positions)
-        mask = None
-        if padded:
-            mask = (positions[None, :] < lengths[:, None])[:, None, None, :]  # (b, 1, 1, P)
-        x = self.embed_tokens(tokens)  # (b, P, d)
-        context = slots if self.config.use_memory else None
+        rotary = self.rotary(torch.arange(tokens.shape[1], device=tokens.device))
+        mask = keys[:, None, None, :]  # (B, 1, 1, S)
+        x = self.embed_tokens(tokens)  # (B, S, d)
+        reads = self.config.use_memory and self.diagnostic != "no_reader"
+        context = slots if reads else None
         for block in self.encoder:
             x = block(x, mask=mask, rotary=rotary, context=context)
         return x
@@ -286,41 +339,41 @@ class Memformer(TiedLM):
         return written, attention
 
     def _critical_path(
-        self, memory: MemformerMemory, lengths: list[int]
-    ) -> tuple[Tensor | None, Tensor, Tensor | None, list[int]]:
-        """Encoder (+ writer) on the rows that have a previous segment.
+        self, memory: MemformerMemory
+    ) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor | None]:
+        """Encoder (+ writer) over every row, with static shapes (no host sync).
+
+        Every row is encoded over all ``segment_len`` positions, the padding masked. A row
+        at the start of a stream (``prev_len`` 0) has no previous segment: it is encoded
+        anyway (reading position 0, so each softmax has a key) and what it computes is
+        replaced by ``torch.where``: its next slots are the terminal state (with its
+        parameters' graph), its decoder context the null vector. No row's shape depends
+        on another's, so one compiled graph serves every batch.
+
+        A memory straight from :meth:`init_memory` is known on the host to start every row
+        (:func:`_starts_every_row`): then nothing is encoded, and H, the attention and
+        ``keys`` are None.
 
         Returns:
-            H [b, P, d] of those rows (None when no row has one), the next slots
-            [B, k, d], the write attention [b, h, k, 1 + P] (None without memory or
-            without rows to write), and the indices of those rows in the batch.
+            H [B, S, d], the next slots [B, k, d], the write attention [B, h, k, 1 + S]
+            (None without memory) and ``keys`` [B, S] bool, the positions a row's H may be
+            read at (its previous segment; position 0 alone for a row at the start).
         """
-        rows = [i for i, n in enumerate(lengths) if n > 0]
-        everyone = len(rows) == len(lengths)
-        index = None if everyone else torch.tensor(rows, device=memory.slots.device)
-        next_slots = memory.slots  # without memory nothing is ever written
-        if self.writer is not None and not everyone:
-            # A fresh stream's slots are the terminal state (with its parameters' graph).
+        if _starts_every_row(memory.prev_len):
+            if self.writer is None:
+                return None, memory.slots, None, None
             terminal = self.terminal_state().to(memory.slots.dtype)  # (k, d)
-            next_slots = terminal[None].expand(memory.slots.shape).contiguous()  # (B, k, d)
-        if not rows:
-            return None, next_slots, None, rows
-        longest = max(lengths[i] for i in rows)
-        padded = any(lengths[i] != longest for i in rows)
-        pick = (lambda t: t) if index is None else (lambda t: t.index_select(0, index))
-        prev_tokens = pick(memory.prev_tokens)[:, :longest]  # (b, P)
-        prev_len = pick(memory.prev_len)  # (b,)
-        slots = pick(memory.slots)  # (b, k, d)
-        hidden = self.encode(prev_tokens, prev_len, slots, padded=padded)  # (b, P, d)
+            return None, terminal[None].expand(memory.slots.shape).contiguous(), None, None
+        positions = torch.arange(self.config.segment_len, device=memory.prev_len.device)
+        keys = (positions[None, :] < memory.prev_len[:, None]) | (positions == 0)  # (B, S)
+        hidden = self.encode(memory.prev_tokens, keys, memory.slots)  # (B, S, d)
         if self.writer is None:
-            return hidden, next_slots, None, rows
-        key_mask = None
-        if padded:
-            key_mask = torch.arange(longest, device=hidden.device)[None, :] < prev_len[:, None]
-        written, attention = self.write(slots, hidden, key_mask)  # (b, k, d), (b, h, k, 1+P)
-        if index is not None:
-            written = next_slots.index_copy(0, index, written)  # (B, k, d)
-        return hidden, written, attention, rows
+            return hidden, memory.slots, None, keys  # without memory nothing is ever written
+        written, attention = self.write(memory.slots, hidden, keys)  # (B, k, d), (B, h, k, 1+S)
+        started = (memory.prev_len > 0)[:, None, None]  # (B, 1, 1)
+        # A fresh stream's slots are the terminal state (with its parameters' graph).
+        terminal = self.terminal_state().to(written.dtype)  # (k, d)
+        return hidden, torch.where(started, written, terminal), attention, keys
 
     def _next_memory(self, tokens: Tensor, slots: Tensor) -> MemformerMemory:
         batch, length = tokens.shape
@@ -330,45 +383,28 @@ class Memformer(TiedLM):
         return MemformerMemory(slots, prev_tokens, prev_len)
 
     def _decoder_context(
-        self, hidden: Tensor | None, rows: list[int], lengths: list[int], prev_len: Tensor
+        self, hidden: Tensor | None, keys: Tensor | None, prev_len: Tensor
     ) -> tuple[Tensor, Tensor | None]:
-        """What the decoder cross-attends to: [B, S, d] and its mask [B, 1, 1, S] (or None).
+        """What the decoder cross-attends to, [B, S, d], and its mask [B, 1, 1, S]: H for
+        a row with a previous segment, the learned null vector for a row at the start
+        (it reads only position 0: exactly that vector); [B, 1, d] of it, unmasked,
+        when no row was encoded."""
+        null = self.null_context  # (d,)
+        if hidden is None or keys is None:
+            return null[None, None, :].expand(prev_len.shape[0], 1, -1), None
+        context = torch.where((prev_len > 0)[:, None, None], hidden, null.to(hidden.dtype))
+        return context, keys[:, None, None, :]
 
-        All rows with a previous segment: H itself (padding masked). All at the start: the
-        null vector. Mixed: ``[null ; H]``, each row allowed only its own part.
-        """
-        batch, d = len(lengths), self.config.d_model
-        null = self.null_context[None, None, :]  # (1, 1, d)
-        if hidden is None:
-            return null.expand(batch, 1, d), None
-        longest = hidden.shape[1]
-        positions = torch.arange(longest, device=hidden.device)
-        valid = positions[None, :] < prev_len[:, None]  # (B, P)
-        if len(rows) == batch:
-            padded = any(n != longest for n in lengths)
-            return hidden, valid[:, None, None, :] if padded else None
-        index = torch.tensor(rows, device=hidden.device)
-        scattered = hidden.new_zeros(batch, longest, d).index_copy(0, index, hidden)  # (B, P, d)
-        context = torch.cat([null.expand(batch, 1, d), scattered], dim=1)  # (B, 1+P, d)
-        at_start = (prev_len == 0)[:, None]  # (B, 1)
-        mask = torch.cat([at_start, valid], dim=1)[:, None, None, :]  # (B, 1, 1, 1+P)
-        return context, mask
-
-    def _write_attention(self, attention: Tensor | None, rows: list[int], batch: int) -> Tensor:
-        """The writer's attention for the whole batch, [B, h, k, 1 + segment_len], detached."""
+    def _write_attention(self, attention: Tensor | None, prev_len: Tensor) -> Tensor:
+        """The writer's attention for the batch, [B, h, k, 1 + segment_len], detached; a
+        row at the start of a stream did not write: weight 1 on itself."""
         cfg = self.config
-        shape = (batch, cfg.n_heads, cfg.memory_slots, 1 + cfg.segment_len)
+        shape = (prev_len.shape[0], cfg.n_heads, cfg.memory_slots, 1 + cfg.segment_len)
+        kept = self.null_context.new_zeros(shape)  # (B, h, k, 1+S)
+        kept[..., 0] = 1.0
         if attention is None:
-            full = self.null_context.new_zeros(shape)  # (B, h, k, 1+S)
-            full[..., 0] = 1.0  # no row wrote: each slot kept all of itself
-            return full
-        attention = attention.detach()
-        attention = F.pad(attention, (0, shape[-1] - attention.shape[-1]))  # (b, h, k, 1+S)
-        if len(rows) == batch:
-            return attention
-        full = attention.new_zeros(shape)  # (B, h, k, 1+S)
-        full[..., 0] = 1.0  # rows at the start did not write
-        return full.index_copy(0, torch.tensor(rows, device=full.device), attention)
+            return kept
+        return torch.where((prev_len > 0)[:, None, None, None], attention.detach(), kept)
 
     # ----------------------------------------------------------------------- contract
 
@@ -385,28 +421,29 @@ class Memformer(TiedLM):
             previous segment) and ``aux["write_attention"]`` (see the class docstring).
         """
         self.check_tokens(tokens)
-        lengths = self._check_memory(memory, tokens)
-        batch, length = tokens.shape
+        self._check_memory(memory, tokens)
+        memory = self._diagnosed(memory)
         # The critical path runs first, so ``advance`` consumes the RNG (dropout) the same.
-        hidden, slots, attention, rows = self._critical_path(memory, lengths)
-        context, context_mask = self._decoder_context(hidden, rows, lengths, memory.prev_len)
-        rotary = self.rotary(torch.arange(length, device=tokens.device))
+        hidden, slots, attention, keys = self._critical_path(memory)
+        context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
+        rotary = self.rotary(torch.arange(tokens.shape[1], device=tokens.device))
         x = self.embed_tokens(tokens)  # (B, L, d)
         for block in self.decoder:
             x = block(x, is_causal=True, rotary=rotary, context=context, context_mask=context_mask)
         aux: dict[str, Tensor] = {}
         if self.writer is not None:
-            aux["write_attention"] = self._write_attention(attention, rows, batch)
+            aux["write_attention"] = self._write_attention(attention, memory.prev_len)
         return StepOutput(self.logits(x), self._next_memory(tokens, slots), aux)
 
     def advance(self, tokens: Tensor, memory: MemformerMemory) -> MemformerMemory:
         """Only the next memory: encoder + writer on ``memory.prev_tokens``, no decoder."""
         self.check_tokens(tokens)
-        lengths = self._check_memory(memory, tokens)
+        self._check_memory(memory, tokens)
+        memory = self._diagnosed(memory)
         if self.writer is None:
             slots = memory.slots  # nothing is written: H is not needed for the memory
         else:
-            _, slots, _, _ = self._critical_path(memory, lengths)
+            _, slots, _, _ = self._critical_path(memory)
         return self._next_memory(tokens, slots)
 
     # ----------------------------------------------------------------------- generation
@@ -418,9 +455,10 @@ class Memformer(TiedLM):
     def begin_decode(self, memory: MemformerMemory) -> DecodeState:
         """Encode the previous segment once; the new segment then decodes against it."""
         probe = memory.prev_tokens[:, :1]  # (B, 1): only batch size and device are read
-        lengths = self._check_memory(memory, probe)
-        hidden, _, _, rows = self._critical_path(memory, lengths)
-        context, context_mask = self._decoder_context(hidden, rows, lengths, memory.prev_len)
+        self._check_memory(memory, probe)
+        memory = self._diagnosed(memory)
+        hidden, _, _, keys = self._critical_path(memory)
+        context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
         return DecodeState(
             caches=[None] * len(self.decoder), context=context, context_mask=context_mask
         )

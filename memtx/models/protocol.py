@@ -182,8 +182,13 @@ def concat_rows(memories: list[Memory]) -> Memory:
 
 
 def detach_memory(memory: Memory) -> Memory:
-    """The same memory cut from the autograd graph."""
-    return map_memory(lambda t: t.detach(), memory)
+    """The same memory cut from the autograd graph.
+
+    A leaf that is no part of a graph (``requires_grad`` False) is returned as it is, the
+    same object, so what a model knows of it on the host (Memformer's mark on a fresh
+    ``prev_len``) survives.
+    """
+    return map_memory(lambda t: t.detach() if t.requires_grad else t, memory)
 
 
 def memory_state(memory: Memory, *, prefix: str = "memory") -> dict[str, Tensor]:
@@ -205,7 +210,11 @@ def memory_from_state(
 
 
 def check_tokens(tokens: Any, *, vocab_size: int, segment_len: int | None = None) -> None:
-    """Raise :class:`DataError` unless ``tokens`` is an integer tensor [B, L] of valid ids."""
+    """Raise :class:`DataError` unless ``tokens`` is an integer tensor [B, L] of valid ids.
+
+    Type and shape are checked on the host, the ids' range without a host sync
+    (:func:`check_on_device`).
+    """
     if not isinstance(tokens, Tensor):
         raise DataError(
             f"tokens must be a torch.LongTensor [batch, length], got {type(tokens).__name__}"
@@ -221,10 +230,35 @@ def check_tokens(tokens: Any, *, vocab_size: int, segment_len: int | None = None
             f"a segment holds at most segment_len={segment_len} tokens, got {tokens.shape[1]}; "
             "use memtx.recurrence to walk longer inputs"
         )
-    low, high = int(tokens.min()), int(tokens.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise DataError(f"token id {bad} is out of range [0, {vocab_size})")
+    low, high = torch.aminmax(tokens)
+    check_on_device(
+        (low >= 0) & (high < vocab_size),
+        lambda: f"token id {_outlier(low, high)} is out of range [0, {vocab_size})",
+    )
+
+
+def check_on_device(ok: Tensor, message: Callable[[], str]) -> None:
+    """Raise :class:`DataError` with ``message()`` unless ``ok`` (a bool scalar) is True.
+
+    Never waits for the device: the check is ``torch._assert_async``. On CPU it fails at
+    once and raises the ``DataError``; on an accelerator it is a device-side assert, which
+    surfaces at the next sync as PyTorch's own "device-side assert triggered" error
+    (as an out-of-range embedding index would); run on CPU, or with
+    ``CUDA_LAUNCH_BLOCKING=1``, for the message. Compiled (``torch.compile``) it is an
+    assert in the graph. ``message`` runs only on failure, so it may read values.
+    """
+    if ok.device.type != "cpu" or torch.compiler.is_compiling():
+        torch._assert_async(ok)
+        return
+    try:
+        torch._assert_async(ok, "memtx input check")
+    except RuntimeError:
+        raise DataError(message()) from None
+
+
+def _outlier(low: Tensor, high: Tensor) -> int:
+    """The id to name in the error: the minimum when negative, else the maximum."""
+    return int(low) if int(low) < 0 else int(high)
 
 
 def check_memory_type(memory: Any, expected: type, *, model: str) -> None:

@@ -247,12 +247,15 @@ def test_decoder_never_reads_the_memory() -> None:
     scrambled = start._replace(slots=torch.randn_like(start.slots))
     torch.testing.assert_close(model.step(x, start).logits, model.step(x, scrambled).logits)
     # With a previous segment the slots reach the logits, but only through H: the decoder
-    # cross-attends to the encoder output (L_prev positions), never to the k slots.
+    # cross-attends to the encoder output (segment_len positions, only the L_prev of the
+    # previous segment unmasked), never to the k slots.
     memory = after_one_segment(model, length=5)
-    contexts: list[int] = []
+    contexts: list[tuple[int, list[int]]] = []
     hooks = [
         block.cross_attn.register_forward_hook(
-            lambda _m, _a, kwargs, _o: contexts.append(kwargs["context"].shape[1]),
+            lambda _m, _a, kwargs, _o: contexts.append(
+                (kwargs["context"].shape[1], kwargs["mask"].sum(-1).flatten().tolist())
+            ),
             with_kwargs=True,
         )
         for block in model.decoder
@@ -261,7 +264,8 @@ def test_decoder_never_reads_the_memory() -> None:
     logits = model.step(x, memory).logits
     for hook in hooks:
         hook.remove()
-    assert contexts == [5] * len(model.decoder)
+    assert model.config.memory_slots != SEG
+    assert contexts == [(SEG, [5, 5])] * len(model.decoder)
     assert not torch.allclose(logits, model.step(x, changed).logits)
 
 
