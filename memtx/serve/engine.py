@@ -118,6 +118,11 @@ class Engine:
         self._jobs.put(_CallJob(fn, future))
         return future
 
+    @property
+    def queued(self) -> int:
+        """Work handed in and not yet taken up by the thread."""
+        return self._jobs.qsize()
+
     def close(self) -> None:
         """Finish the work in hand and stop the thread."""
         self._jobs.put(None)

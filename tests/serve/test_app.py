@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -72,11 +73,17 @@ def test_concurrent_appends_share_a_forward_pass(server: Server, rmt_run: Path) 
         server.request("POST", "/sessions", {"id": f"s{i}"})
     calls = [("POST", f"/sessions/s{i}/append", {"text": t}) for i, t in enumerate(texts)]
     threads = [threading.Thread(target=server.request, args=call) for call in calls]
+    engine, hold = server.app.state.engine, threading.Event()
+    engine.call(hold.wait)  # the model's thread waits until every append is queued
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 30
+    while engine.queued < len(texts) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    hold.set()
     for thread in threads:
         thread.join()
-    assert max(server.app.state.engine.batches) > 1
+    assert engine.batches[0] == len(texts)
     for i, text in enumerate(texts):
         got = torch.tensor(server.request("GET", f"/sessions/s{i}/logits")[1]["logits"])
         # Batched rows equal the single read up to the rounding of another matmul shape.
