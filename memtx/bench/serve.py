@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "run_load_test"]
+__all__ = ["TOKEN", "Client", "free_port", "main", "run_load_test", "start_server"]
 
 TOKEN = "bench-token"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -70,7 +71,10 @@ class Client:
             raise
 
 
-def _start(run: Path, state: Path, port: int, *, max_in_memory: int) -> subprocess.Popen[bytes]:
+def start_server(
+    run: Path, state: Path, port: int, *, max_in_memory: int
+) -> subprocess.Popen[bytes]:
+    """``memtx serve`` in its own process (token :data:`TOKEN`), once its /health answers."""
     command = [
         sys.executable,
         "-m",
@@ -244,8 +248,8 @@ def run_load_test(
     text = (text_file or Path(__file__).resolve().parents[2] / "README.md").read_text()
     text = (text * (1 + 4096 // max(1, len(text))))[: max(len(text), 4096)]
     state = Path(tempfile.mkdtemp(prefix="memtx-serve-bench-"))
-    port = _free_port()
-    server = _start(run, state, port, max_in_memory=max_in_memory)
+    port = free_port()
+    server = start_server(run, state, port, max_in_memory=max_in_memory)
     bad = _bad_requests(port)
     records = [_Record() for _ in range(clients)]
     stop, lock, budget = threading.Event(), threading.Lock(), [max_requests]
@@ -276,7 +280,7 @@ def run_load_test(
     server.wait()
     for thread in threads:
         thread.join(timeout=30)
-    restarted = _start(run, state, port, max_in_memory=max_in_memory)
+    restarted = start_server(run, state, port, max_in_memory=max_in_memory)
     try:
         durability = _check_after_restart(port, records)
     finally:
