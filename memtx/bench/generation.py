@@ -30,13 +30,19 @@ from memtx.generate import Generation, Sampler, TextDecoder
 from memtx.models import from_config
 from memtx.reading import read, start_context
 
-__all__ = ["measure_interleaved", "measure_streaming"]
+__all__ = ["measure_interleaved", "measure_streaming", "rss_mb"]
 
 
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process now, in MB (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def measure_streaming(
@@ -67,7 +73,7 @@ def measure_streaming(
                 "new_tokens": done,
                 "tokens_per_s_overall": round(done / (now - began), 1),
                 "tokens_per_s_since_last": round(since / (now - last_time), 1),
-                "rss_mb": round(_rss_mb(), 1),
+                "rss_mb": round(rss_mb(), 1),
                 "peak_rss_mb": round(peak_rss_mb(), 1),
             }
         )
@@ -105,7 +111,7 @@ def measure_interleaved(
 
     long, long_text = fresh(), TextDecoder(ByteTokenizer(), stop=["\x00\x01 never"])
     timed(long, long_text, window)
-    rss_first = _rss_mb()
+    rss_first = rss_mb()
     warm = timed(long, long_text, position - window)
     rates: dict[str, list[float]] = {"fresh": [], "long": []}
     for _ in range(rounds):
@@ -120,7 +126,7 @@ def measure_interleaved(
         "fresh_tokens_per_s": round(medians["fresh"], 1),
         "long_tokens_per_s": round(medians["long"], 1),
         "long_over_fresh": round(medians["long"] / medians["fresh"], 3),
-        "rss_mb": {"after_window": round(rss_first, 1), "after_all": round(_rss_mb(), 1)},
+        "rss_mb": {"after_window": round(rss_first, 1), "after_all": round(rss_mb(), 1)},
         "rates": {name: [round(v, 1) for v in values] for name, values in rates.items()},
     }
 

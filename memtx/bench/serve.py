@@ -243,7 +243,7 @@ def run_load_test(
     text_file: Path | None = None,
 ) -> dict[str, Any]:
     """The load test (see the module docstring); returns its figures."""
-    import psutil
+    from memtx.bench.generation import rss_mb
 
     text = (text_file or Path(__file__).resolve().parents[2] / "README.md").read_text()
     text = (text * (1 + 4096 // max(1, len(text))))[: max(len(text), 4096)]
@@ -267,12 +267,12 @@ def run_load_test(
         for i in range(clients)
     ]
     rss: list[tuple[float, float, int]] = []
-    process, began = psutil.Process(server.pid), time.perf_counter()
+    began = time.perf_counter()
     for thread in threads:
         thread.start()
     while time.perf_counter() - began < seconds and any(t.is_alive() for t in threads):
         sessions = len(list(state.glob("*.mem")))
-        rss.append((time.perf_counter() - began, process.memory_info().rss / 2**20, sessions))
+        rss.append((time.perf_counter() - began, rss_mb(server.pid), sessions))
         time.sleep(0.5)
     elapsed = time.perf_counter() - began
     stop.set()  # no new requests; those in flight are cut by the kill
