@@ -320,6 +320,7 @@ def test_generate_rejects_bad_sampling(text_run: Path, args: list[str], message:
         (["--rows", "-1"], "rows must be a positive integer, got -1"),
         (["--split", "train"], "--split must be valid or test, got 'train'"),
         (["--data", ""], "data.corpus must not be empty"),
+        (["--diagnostic", "memory_reset"], "--diagnostic is for memformer runs;"),
     ],
 )
 def test_eval_rejects_bad_input(text_run: Path, args: list[str], message: str) -> None:
@@ -334,6 +335,7 @@ def test_eval_rejects_bad_input(text_run: Path, args: list[str], message: str) -
         (["--samples", "0"], "samples must be >= 1, got 0"),
         (["--samples", "-3"], "samples must be >= 1, got -3"),
         (["--segments", "0"], "--segments must be >= 1, got 0"),
+        (["--diagnostic", "no_reader"], "--diagnostic: for text runs"),
     ],
 )
 def test_task_eval_rejects_bad_input(task_run: Path, args: list[str], message: str) -> None:
