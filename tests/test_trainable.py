@@ -206,3 +206,47 @@ def test_facts_in_the_models_own_tokens_train_and_evaluate(folders, tmp_path) ->
     train(RunConfig.from_dict(raw), out_dir=tmp_path / "run", progress=False)
     metrics = evaluate_task_run(tmp_path / "run", segments=3, samples=4)
     assert 0.0 <= metrics["token_accuracy"] <= 1.0 and metrics["segments"] == 3.0
+
+
+@pytest.mark.parametrize(
+    "case", ["gguf_not_causal", "folder_not_causal", "hub_offline", "lora_targets"]
+)
+def test_bad_pretrained_input_is_one_line_and_exit_2(case, folders, tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    from tests.pretrained_models import write_gguf
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    bert = tmp_path / "bert"
+    if case == "folder_not_causal":
+        from transformers import BertConfig
+
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(bert)
+    path, extra, expected = {
+        "gguf_not_causal": (
+            str(write_gguf(tmp_path / "x.gguf", architecture="bert")),
+            [],
+            "not a causal LM",
+        ),
+        "folder_not_causal": (str(bert), [], "not a causal LM"),
+        "hub_offline": ("no-such-org/no-such-model", [], "not cached while offline"),
+        "lora_targets": (
+            str(folders["gpt2"]),
+            ["train.trainable=memory+lora", "train.lora_targets=['q_proj']"],
+            "has no module named 'q_proj'",
+        ),
+    }[case]
+    sets = [
+        "model.name=rmt",
+        "model.backbone=hf",
+        "model.segment_len=16",
+        f"model.hf_path={path}",
+        "train.steps=1",
+        f"data.corpus={folders['corpus']}",
+        *extra,
+    ]
+    args = ["train", "--out", str(tmp_path / "run"), "--no-progress"]
+    result = runner.invoke(app, [*args, *(x for s in sets for x in ("--set", s))])
+    assert result.exit_code == 2, result.output
+    (error,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert expected in error

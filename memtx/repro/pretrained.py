@@ -24,7 +24,7 @@ import dataclasses
 import importlib.util
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,7 +271,7 @@ def repro_pretrained(
 
 
 def _throughput(
-    wrapped: dict[str, nn.Module], bare_hf: nn.Module, vocab: int, segment_len: int
+    wrapped: Mapping[str, nn.Module], bare_hf: nn.Module, vocab: int, segment_len: int
 ) -> dict[str, float]:
     """Tokens/s of each model streamed over the same 8 segments (batch 1, no gradient)."""
     tokens = torch.randint(
