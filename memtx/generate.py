@@ -91,35 +91,45 @@ class Sampler:
 
 
 class _Segment:
-    """The segment being generated: its tokens, and either a KV cache or recomputation."""
+    """The segment being generated: its tokens, and either a KV cache or recomputation.
+
+    The tokens are written into a buffer of ``segment_len`` columns (no copy of the
+    segment per token); :attr:`tokens` is a view of the filled part.
+    """
 
     def __init__(self, model: SegmentModel, memory: Memory, *, use_cache: bool) -> None:
         self.model = model
         self.memory = memory
         self.decoder: CachedDecoding | None = model.cached_decoder() if use_cache else None
-        self.tokens: Tensor | None = None
+        self._buffer: Tensor | None = None  # (B, segment_len) token ids
+        self.length = 0
         self.state: DecodeState | None = None
 
     @property
-    def length(self) -> int:
-        return 0 if self.tokens is None else self.tokens.shape[1]
+    def tokens(self) -> Tensor | None:
+        """The segment's tokens [B, length] (a view), or None while it is empty."""
+        return None if self._buffer is None else self._buffer[:, : self.length]
 
     def extend(self, tokens: Tensor) -> Tensor:
         """Append ``tokens`` [B, n]; return the logits at the last position [B, V]."""
-        self.tokens = tokens if self.tokens is None else torch.cat([self.tokens, tokens], 1)
+        if self._buffer is None:
+            self._buffer = tokens.new_empty(tokens.shape[0], self.model.config.segment_len)
+        end = self.length + tokens.shape[1]
+        self._buffer[:, self.length : end] = tokens
+        self.length = end
         if self.decoder is not None:
             if self.state is None:
                 self.state = self.decoder.begin_decode(self.memory)
             logits, self.state = self.decoder.decode(tokens, self.state)
         else:
-            logits = self.model.step(self.tokens, self.memory).logits
+            logits = self.model.step(self._buffer[:, :end], self.memory).logits
         return logits[:, -1]
 
     def commit(self) -> None:
         """Write the full segment into the memory and start an empty one."""
         assert self.tokens is not None
         self.memory = self.model.advance(self.tokens, self.memory)
-        self.tokens, self.state = None, None
+        self._buffer, self.length, self.state = None, 0, None
 
 
 def _check_max_new_tokens(max_new_tokens: object) -> None:

@@ -47,10 +47,8 @@ from memtx.config import ARMTConfig, ModelConfig, RMTConfig
 from memtx.errors import ConfigError
 from memtx.models.hf import HF_INSTALL_HINT, HF_SIZE_NAMES, hf_size, load_hf_model
 from memtx.models.protocol import init_gpt2_weights
-from memtx.modules import Block, RotaryEmbedding
+from memtx.modules import Block, KVCache, RotaryEmbedding
 
-#: one layer's self-attention keys and values, each [B, H, past, hd]
-KVCache = tuple[Tensor, Tensor]
 #: ``layer_hook(index, stream [B, T, d]) -> stream``: see the module docstring
 LayerHook = Callable[[int, Tensor], Tensor]
 

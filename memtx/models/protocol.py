@@ -79,14 +79,16 @@ class DecodeState:
     """A segment being generated token by token (see ``begin_decode`` / ``decode``).
 
     Attributes:
-        caches: per layer the self-attention's (k, v), each [B, H, past, hd] (None: empty).
+        caches: per layer the self-attention's keys and values of the ``past`` positions:
+            a :class:`memtx.modules.KVCache` (or a model's own (k, v), each [B, H, past,
+            hd]); None: empty.
         length: tokens of the current segment decoded so far.
         context: what the decoder cross-attends to (Memformer's H), if anything.
         context_mask: its mask.
         extra: model-specific tensors (e.g. Transformer-XL's cache validity).
     """
 
-    caches: list[tuple[Tensor, Tensor] | None]
+    caches: list[Any]  # the model's: KVCache (memtx.modules' blocks), (k, v) or None
     length: int = 0
     context: Tensor | None = None
     context_mask: Tensor | None = None

@@ -59,12 +59,22 @@ class Transformer(TiedLM):
         return DecodeState(caches=[None] * len(self.blocks))
 
     def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
-        """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
+        """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache.
+
+        The caches are preallocated to ``segment_len`` and written in place, the rotary
+        tables sliced from the segment's (a token costs its own positions' work).
+        """
         self.check_decode(tokens, state)
         n = tokens.shape[1]
-        device = tokens.device
-        rotary = self.rotary(state.length + torch.arange(n, device=device))
-        mask = cache_mask(state.length, n, device=device)
+        rotary = self.rotary.span(state.length, n)  # (n, hd) each
+        mask = cache_mask(state.length, n, device=tokens.device)
         x = self.embed_tokens(tokens)  # (B, n, d)
-        x, caches = decode_blocks(self.blocks, x, state.caches, mask=mask, rotary=rotary)
+        x, caches = decode_blocks(
+            self.blocks,
+            x,
+            state.caches,
+            mask=mask,
+            rotary=rotary,
+            capacity=self.config.segment_len,
+        )
         return self.logits(x), DecodeState(caches=caches, length=state.length + n)

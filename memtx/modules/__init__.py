@@ -1,12 +1,14 @@
-"""The only building blocks shared between models: attention, positions, blocks."""
+"""The only building blocks shared between models: attention, positions, blocks, the KV cache."""
 
 from memtx.modules.attention import MultiHeadAttention, attend
 from memtx.modules.blocks import Block, FeedForward, decode_blocks
+from memtx.modules.kv_cache import KVCache
 from memtx.modules.positions import RotaryEmbedding, apply_rotary, sinusoid
 
 __all__ = [
     "Block",
     "FeedForward",
+    "KVCache",
     "MultiHeadAttention",
     "RotaryEmbedding",
     "apply_rotary",

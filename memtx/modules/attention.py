@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from memtx.modules.positions import apply_rotary
+from memtx.modules.kv_cache import KVCache
+from memtx.modules.positions import apply_rotary, rotate
 
 
 def attend(
@@ -89,27 +89,32 @@ class MultiHeadAttention(nn.Module):
     def forward_cached(
         self,
         x: Tensor,
-        cache: tuple[Tensor, Tensor] | None,
+        cache: KVCache | None,
         *,
         mask: Tensor | None = None,
         rotary: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        capacity: int | None = None,
+    ) -> tuple[Tensor, KVCache]:
         """Self-attention of new positions ``x`` [B, n, d] over ``cache`` + themselves.
 
         ``rotary`` holds the tables of the n new positions; ``mask`` [n, past + n] (True
         = may attend) covers the cached and new keys. Returns the output [B, n, d] and the
-        grown cache (k, v), each [B, H, past + n, hd]. Generation uses it so a token costs
-        one position's work instead of the whole segment's.
+        grown cache (:meth:`KVCache.append`; ``capacity`` sizes a new one's buffers).
+        Generation uses it so a token costs one position's work instead of the whole
+        segment's: one matmul for q, k, v, one rotation for q and k together, the new keys
+        written in place.
         """
-        q, k, v = self.project(x)
-        if rotary is not None:
-            cos, sin = rotary
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k = torch.cat([cache[0], k], dim=2)  # (B, H, past+n, hd)
-            v = torch.cat([cache[1], v], dim=2)
-        out = attend(q, k, v, mask=mask)
-        return self.out_proj(merge_heads(out)), (k, v)
+        b, n, d = x.shape
+        qkv = self.qkv_proj(x).view(b, n, 3, self.n_heads, d // self.n_heads)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, H, n, hd)
+        qk = qkv[:2] if rotary is None else rotate(qkv[:2], *rotary)  # tables (n, hd)
+        q, k, v = qk[0], qk[1], qkv[2]  # (B, H, n, hd) each
+        if cache is None:
+            cache = KVCache.empty(k, capacity=max(capacity or 0, n))
+        cache = cache.append(k, v)
+        keys, values = cache.past()  # (B, H, past + n, hd) each
+        out = attend(q, keys, values, mask=mask)  # (B, H, n, hd)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), cache
 
     def forward(
         self,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import cast
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memtx.modules.attention import MultiHeadAttention
+from memtx.modules.kv_cache import KVCache
 
 
 class FeedForward(nn.Module):
@@ -76,48 +78,59 @@ class Block(nn.Module):
     def forward_cached(
         self,
         x: Tensor,
-        cache: tuple[Tensor, Tensor] | None,
+        cache: KVCache | None,
         *,
         mask: Tensor | None = None,
         rotary: tuple[Tensor, Tensor] | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        capacity: int | None = None,
+    ) -> tuple[Tensor, KVCache]:
         """:meth:`forward` for new positions only, with the self-attention's key/value cache.
 
-        Returns the new positions' output [B, n, d] and the grown cache. Same arithmetic
-        as :meth:`forward` over the whole prefix (tested: cached generation equals
-        recomputation), in eval mode.
+        Returns the new positions' output [B, n, d] and the grown cache (``capacity``: the
+        positions a new cache's buffers hold). Same arithmetic as :meth:`forward` over the
+        whole prefix (tested: cached generation equals recomputation), in eval mode: no
+        dropout (called on its functions, as each module call costs a token time).
         """
         attended, cache = self.self_attn.forward_cached(
-            self.ln_self(x), cache, mask=mask, rotary=rotary
+            self.ln_self(x), cache, mask=mask, rotary=rotary, capacity=capacity
         )
         x = x + attended
         if self.cross_attn is not None and context is not None:
             x = x + self.cross_attn(
                 self.ln_cross(x), context=self.ln_context(context), mask=context_mask
             )
-        return x + self.ffn(self.ln_ffn(x)), cache
+        ffn = self.ffn
+        return x + ffn.down(F.gelu(ffn.up(self.ln_ffn(x)))), cache
 
 
 def decode_blocks(
     blocks: Iterable[nn.Module],
     x: Tensor,
-    caches: list[tuple[Tensor, Tensor] | None],
+    caches: Sequence[KVCache | None],
     *,
     mask: Tensor | None = None,
     rotary: tuple[Tensor, Tensor] | None = None,
     context: Tensor | None = None,
     context_mask: Tensor | None = None,
-) -> tuple[Tensor, list[tuple[Tensor, Tensor] | None]]:
+    capacity: int | None = None,
+) -> tuple[Tensor, list[KVCache | None]]:
     """Run new positions ``x`` [B, n, d] through a stack of :class:`Block` with KV caches.
 
-    Returns the output [B, n, d] and each block's grown cache (generation's inner loop).
+    Returns the output [B, n, d] and each block's grown cache (generation's inner loop);
+    ``capacity`` sizes new caches (the segment's length).
     """
-    grown: list[tuple[Tensor, Tensor] | None] = []
+    grown: list[KVCache | None] = []
     for block, cache in zip(blocks, caches, strict=True):
         x, new_cache = cast(Block, block).forward_cached(
-            x, cache, mask=mask, rotary=rotary, context=context, context_mask=context_mask
+            x,
+            cache,
+            mask=mask,
+            rotary=rotary,
+            context=context,
+            context_mask=context_mask,
+            capacity=capacity,
         )
         grown.append(new_cache)
     return x, grown

@@ -34,6 +34,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._tables: tuple[Tensor, Tensor] | None = None  # cos, sin of positions 0.. (span)
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin tables, each [N, head_dim], for integer ``positions`` [N]."""
@@ -41,9 +42,37 @@ class RotaryEmbedding(nn.Module):
         angles = torch.cat([angles, angles], dim=-1)  # (N, hd)
         return angles.cos(), angles.sin()
 
+    def span(self, start: int, n: int) -> tuple[Tensor, Tensor]:
+        """The tables of positions ``start .. start + n - 1``, each [n, head_dim].
+
+        Equal to ``self(torch.arange(start, start + n))``, sliced from tables kept for the
+        longest span asked so far (grown by doubling, remade on a change of device or dtype), so
+        decoding a token costs two slices instead of computing its angles.
+        """
+        end = start + n
+        device = self.inv_freq.device
+        tables = self._tables
+        if (
+            tables is None
+            or tables[0].shape[0] < end
+            or tables[0].device != device
+            or tables[0].dtype != self.inv_freq.dtype
+        ):
+            length = max(end, 2 * (0 if self._tables is None else self._tables[0].shape[0]), 64)
+            tables = self._tables = self(torch.arange(length, device=device))
+        cos, sin = tables
+        return cos[start:end], sin[start:end]
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` [..., hd] by tables ``cos``, ``sin`` that broadcast to it."""
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate ``x`` [B, H, N, hd] by the tables from :class:`RotaryEmbedding` ([N, hd])."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return rotate(x, cos, sin)
