@@ -466,9 +466,9 @@ class Memformer(TiedLM):
     def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
         self.check_decode(tokens, state)
-        n, device = tokens.shape[1], tokens.device
-        rotary = self.rotary(state.length + torch.arange(n, device=device))
-        mask = cache_mask(state.length, n, device=device)
+        n = tokens.shape[1]
+        rotary = self.rotary.span(state.length, n)  # (n, hd) each
+        mask = cache_mask(state.length, n, device=tokens.device)
         x = self.embed_tokens(tokens)  # (B, n, d)
         x, caches = decode_blocks(
             self.decoder,
@@ -478,6 +478,7 @@ class Memformer(TiedLM):
             rotary=rotary,
             context=state.context,
             context_mask=state.context_mask,
+            capacity=self.config.segment_len,
         )
         return self.logits(x), DecodeState(
             caches=caches,
