@@ -323,7 +323,8 @@ def _markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
         [
             "# RMT and ARMT around a pretrained SmolLM2-135M (facts in noise)",
             "",
-            "Reproduce: `OMP_NUM_THREADS=1 memtx repro pretrained` "
+            "Reproduce: `OMP_NUM_THREADS=1 memtx repro pretrained --stage-steps "
+            f"{s.stage_steps} --samples {s.eval_samples}` "
             f"(segments of {s.segment_len}, curriculum {list(s.stages)} x {s.stage_steps} steps, "
             f"batch {s.batch_size}, lr {s.lr}, LoRA rank {s.lora_rank}, {s.eval_samples} "
             f"held-out samples per length, corpus {s.corpus}, one CPU thread).",
