@@ -143,16 +143,15 @@ class Discriminator(nn.Module):
         for start in range(0, length, step):
             segment = ids[:, start : start + step]  # (B, S)
             width = segment.shape[1]
+            positions = torch.arange(width, device=ids.device)
             if key_mask is None:
-                lengths = torch.full((batch,), width, device=ids.device)
-                padded, write_mask = False, None
+                keys = torch.ones(batch, width, dtype=torch.bool, device=ids.device)  # (B, S)
             else:
                 # A row already finished still runs on padding (length 1); nobody reads it.
                 lengths = key_mask[:, start : start + step].sum(-1).clamp_min(1)  # (B,)
-                padded = bool((lengths != width).any())
-                positions = torch.arange(width, device=ids.device)
-                write_mask = positions[None, :] < lengths[:, None] if padded else None
-            hidden = memformer.encode(segment, lengths, slots, padded=padded)  # (B, S, d)
+                keys = positions[None, :] < lengths[:, None]  # (B, S)
+            write_mask = None if key_mask is None else keys
+            hidden = memformer.encode(segment, keys, slots)  # (B, S, d)
             slots, _ = memformer.write(slots, hidden, write_mask)  # (B, k, d)
             outputs.append(hidden)
         return self.ln_memformer(torch.cat(outputs, dim=1))  # (B, L, d)
