@@ -284,7 +284,8 @@ def test_hf_local_folder_round_trip_gives_the_same_logits(tmp_path) -> None:
 @needs_hf
 def test_hf_folder_with_other_sizes_is_refused(tmp_path) -> None:
     model_of("rmt_hf").hf.save_pretrained(tmp_path)
-    with pytest.raises(ConfigError, match=r"model.vocab_size=64 but the checkpoint .* has vocab_size=32"):
+    sizes = r"model.vocab_size=64 but the checkpoint .* has vocab_size=32"
+    with pytest.raises(ConfigError, match=sizes):
         model_of("rmt_hf", hf_path=str(tmp_path), vocab_size=64)
     with pytest.raises(ConfigError, match=r"model.n_layers=3 but the checkpoint"):
         model_of("rmt_hf", hf_path=str(tmp_path), n_layers=3)
@@ -311,7 +312,7 @@ def test_hf_folder_that_is_not_a_causal_lm_is_refused(tmp_path) -> None:
     empty.mkdir()
     with pytest.raises(ConfigError, match=r"has no config.json"):
         model_of("rmt_hf", hf_path=str(empty))
-    with pytest.raises(ConfigError, match="is neither a model folder, a .gguf file nor a hub"):
+    with pytest.raises(ConfigError, match=r"is neither a model folder, a \.gguf file nor a hub"):
         model_of("rmt_hf", hf_path=str(tmp_path / "missing"))
     broken = tmp_path / "broken"
     broken.mkdir()
