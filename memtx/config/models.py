@@ -116,6 +116,9 @@ class MemformerConfig(ModelConfig):
             paper's value is unverified: we use 0.5; the ablation uses 1.0).
         use_memory: False is the paper's "w/o memory" ablation (no reader, no writer).
         use_forgetting: False is "w/o forgetting": no Biased Memory Normalization.
+        context_positions: rotary positions in the decoder's cross-attention, so its
+            scores see how far back in the previous segment a key lies (False: the
+            position-less cross-attention of the first version, where H is a bag).
     """
 
     name: ClassVar[str] = "memformer"
@@ -127,6 +130,7 @@ class MemformerConfig(ModelConfig):
     write_temperature: float = 0.5
     use_memory: bool = True
     use_forgetting: bool = True
+    context_positions: bool = False
 
     def _validate(self) -> None:
         enc, dec, total = self.encoder_layers, self.decoder_layers, self.n_layers

@@ -29,6 +29,12 @@ Choices where the paper leaves room (all documented where they are made):
 - Positions: rotary, restarting at 0 in every segment, in the encoder and the decoder;
   attention scores depend only on distances inside a segment, so a segment is processed
   the same wherever it sits in the stream (the paper asks for any relative scheme).
+  With ``context_positions`` the decoder's cross-attention is rotary too: query i sits
+  at ``segment_len + i`` and H's key j at ``segment_len - prev_len + j`` (the previous
+  segment right-aligned), so a score sees the distance ``prev_len - j + i`` back into the
+  previous segment, as Transformer-XL's relative attention over its cache does. Without
+  it H is a bag of encodings and the decoder cannot tell the previous segment's last
+  bytes from its first (benchmarks/memformer-probe.md: the trained model then ignores H).
 - Writer: slot attention where slot i attends to itself and to H, never to other slots.
   Queries and keys are taken from LayerNorm'd slots and LayerNorm'd H (the pre-LN
   convention of every block here; BMN slots have unit norm, i.e. entries ~ 1/sqrt(d), so
@@ -63,7 +69,6 @@ change the weights, so a model trained with memory loads as it is):
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -82,8 +87,7 @@ from memtx.models.protocol import (
     check_memory_type,
     check_on_device,
 )
-from memtx.modules import Block, RotaryEmbedding, decode_blocks
-from memtx.modules.attention import merge_heads, split_heads
+from memtx.modules import Block, RotaryEmbedding, SlotWriter, decode_blocks
 
 #: What :meth:`Memformer.set_diagnostic` accepts (see the module docstring).
 DIAGNOSTICS = ("none", "memory_reset", "no_reader", "context_masked")
@@ -117,56 +121,6 @@ def _starts_every_row(prev_len: Tensor) -> bool:
     if torch.compiler.is_compiling():
         return False  # one graph for every memory
     return getattr(prev_len, _FRESH, None) == prev_len._version
-
-
-class SlotWriter(nn.Module):
-    """Multi-head slot attention: each slot attends to itself and to the encoder outputs.
-
-    Slot i never sees slot j != i: its keys are only ``[its own ; H]``, so the score with
-    itself is computed on its own and no [k, k] attention exists at all.
-    """
-
-    def __init__(self, d_model: int, n_heads: int, *, temperature: float) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.temperature = temperature
-        self.ln_slots = nn.LayerNorm(d_model)
-        self.ln_hidden = nn.LayerNorm(d_model)
-        self.q_proj = nn.Linear(d_model, d_model, bias=False)
-        self.k_proj = nn.Linear(d_model, d_model, bias=False)  # shared by slot and token keys
-        self.v_proj = nn.Linear(d_model, d_model, bias=False)  # token values only
-        self.out_proj = nn.Linear(d_model, d_model, bias=False)  # written part only
-
-    def forward(
-        self, slots: Tensor, hidden: Tensor, key_mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Write ``hidden`` into ``slots``.
-
-        Args:
-            slots: [B, k, d] the slots m_i before writing.
-            hidden: [B, P, d] the encoder outputs H.
-            key_mask: [B, P] bool, True where H is a real token (None: all are).
-
-        Returns:
-            The written slots m' [B, k, d] (before BMN) and the attention
-            [B, heads, k, 1 + P], column 0 the weight each slot puts on itself.
-        """
-        normed = self.ln_slots(slots)  # (B, k, d)
-        context = self.ln_hidden(hidden)  # (B, P, d)
-        q = split_heads(self.q_proj(normed), self.n_heads)  # (B, h, k, hd)
-        k_self = split_heads(self.k_proj(normed), self.n_heads)  # (B, h, k, hd)
-        k_tokens = split_heads(self.k_proj(context), self.n_heads)  # (B, h, P, hd)
-        v_tokens = split_heads(self.v_proj(context), self.n_heads)  # (B, h, P, hd)
-        scale = 1.0 / (math.sqrt(q.shape[-1]) * self.temperature)
-        self_score = (q * k_self).sum(-1, keepdim=True) * scale  # (B, h, k, 1)
-        token_scores = (q @ k_tokens.transpose(-1, -2)) * scale  # (B, h, k, P)
-        if key_mask is not None:
-            token_scores = token_scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        attention = torch.cat([self_score, token_scores], dim=-1).softmax(-1)  # (B, h, k, 1+P)
-        retained = attention[..., :1] * split_heads(slots, self.n_heads)  # (B, h, k, hd)
-        written = attention[..., 1:] @ v_tokens  # (B, h, k, hd)
-        new_slots = merge_heads(retained) + self.out_proj(merge_heads(written))  # (B, k, d)
-        return new_slots, attention
 
 
 class Memformer(TiedLM):
@@ -395,6 +349,29 @@ class Memformer(TiedLM):
         context = torch.where((prev_len > 0)[:, None, None], hidden, null.to(hidden.dtype))
         return context, keys[:, None, None, :]
 
+    def _context_key_rotary(
+        self, hidden: Tensor | None, prev_len: Tensor
+    ) -> tuple[Tensor, Tensor] | None:
+        """Rotary tables [B, 1, S, hd] of H's positions, the previous segment right-aligned
+        to end at ``segment_len - 1`` (None without ``context_positions`` or without H)."""
+        if not self.config.context_positions or hidden is None:
+            return None
+        span = self.config.segment_len
+        offsets = torch.arange(span, device=prev_len.device)  # (S,)
+        positions = offsets[None, :] + (span - prev_len)[:, None]  # (B, S)
+        cos, sin = self.rotary(positions.reshape(-1))  # (B*S, hd) each
+        shape = (prev_len.shape[0], 1, span, cos.shape[-1])
+        return cos.view(shape), sin.view(shape)
+
+    def _context_rotary(
+        self, keys: tuple[Tensor, Tensor] | None, start: int, n: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """The cross-attention's tables: the queries at ``segment_len + start ..`` [n, hd],
+        then H's (:meth:`_context_key_rotary`)."""
+        if keys is None:
+            return None
+        return (*self.rotary.span(self.config.segment_len + start, n), *keys)
+
     def _write_attention(self, attention: Tensor | None, prev_len: Tensor) -> Tensor:
         """The writer's attention for the batch, [B, h, k, 1 + segment_len], detached; a
         row at the start of a stream did not write: weight 1 on itself."""
@@ -426,10 +403,20 @@ class Memformer(TiedLM):
         # The critical path runs first, so ``advance`` consumes the RNG (dropout) the same.
         hidden, slots, attention, keys = self._critical_path(memory)
         context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
-        rotary = self.rotary(torch.arange(tokens.shape[1], device=tokens.device))
+        length = tokens.shape[1]
+        rotary = self.rotary(torch.arange(length, device=tokens.device))
+        keys_rotary = self._context_key_rotary(hidden, memory.prev_len)
+        context_rotary = self._context_rotary(keys_rotary, 0, length)
         x = self.embed_tokens(tokens)  # (B, L, d)
         for block in self.decoder:
-            x = block(x, is_causal=True, rotary=rotary, context=context, context_mask=context_mask)
+            x = block(
+                x,
+                is_causal=True,
+                rotary=rotary,
+                context=context,
+                context_mask=context_mask,
+                context_rotary=context_rotary,
+            )
         aux: dict[str, Tensor] = {}
         if self.writer is not None:
             aux["write_attention"] = self._write_attention(attention, memory.prev_len)
@@ -459,8 +446,13 @@ class Memformer(TiedLM):
         memory = self._diagnosed(memory)
         hidden, _, _, keys = self._critical_path(memory)
         context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
+        keys_rotary = self._context_key_rotary(hidden, memory.prev_len)
+        extra = {} if keys_rotary is None else dict(zip(("cos", "sin"), keys_rotary, strict=True))
         return DecodeState(
-            caches=[None] * len(self.decoder), context=context, context_mask=context_mask
+            caches=[None] * len(self.decoder),
+            context=context,
+            context_mask=context_mask,
+            extra=extra,
         )
 
     def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
@@ -469,6 +461,7 @@ class Memformer(TiedLM):
         n = tokens.shape[1]
         rotary = self.rotary.span(state.length, n)  # (n, hd) each
         mask = cache_mask(state.length, n, device=tokens.device)
+        keys_rotary = (state.extra["cos"], state.extra["sin"]) if state.extra else None
         x = self.embed_tokens(tokens)  # (B, n, d)
         x, caches = decode_blocks(
             self.decoder,
@@ -478,6 +471,7 @@ class Memformer(TiedLM):
             rotary=rotary,
             context=state.context,
             context_mask=state.context_mask,
+            context_rotary=self._context_rotary(keys_rotary, state.length, n),
             capacity=self.config.segment_len,
         )
         return self.logits(x), DecodeState(
@@ -485,4 +479,5 @@ class Memformer(TiedLM):
             length=state.length + n,
             context=state.context,
             context_mask=state.context_mask,
+            extra=state.extra,
         )

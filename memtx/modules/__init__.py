@@ -4,6 +4,7 @@ from memtx.modules.attention import MultiHeadAttention, attend
 from memtx.modules.blocks import Block, FeedForward, decode_blocks
 from memtx.modules.kv_cache import KVCache
 from memtx.modules.positions import RotaryEmbedding, apply_rotary, sinusoid
+from memtx.modules.slot_writer import SlotWriter
 
 __all__ = [
     "Block",
@@ -11,6 +12,7 @@ __all__ = [
     "KVCache",
     "MultiHeadAttention",
     "RotaryEmbedding",
+    "SlotWriter",
     "apply_rotary",
     "attend",
     "decode_blocks",

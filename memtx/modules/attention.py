@@ -124,12 +124,19 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
         rotary: tuple[Tensor, Tensor] | None = None,
+        key_rotary: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Attend from ``x`` [B, L, d] to itself (or ``context`` [B, S, d]); returns [B, L, d]."""
+        """Attend from ``x`` [B, L, d] to itself (or ``context`` [B, S, d]); returns [B, L, d].
+
+        ``rotary`` rotates the queries and, without ``key_rotary``, the keys (self-attention:
+        one table of positions); cross-attention gives the keys their own positions in
+        ``key_rotary`` (tables broadcastable to [B, H, S, hd], e.g. [B, 1, S, hd] per row).
+        """
         q, k, v = self.project(x, context)
         if rotary is not None:
             cos, sin = rotary
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q = apply_rotary(q, cos, sin)
+            k = apply_rotary(k, *(key_rotary or rotary))
         dropout = self.dropout if self.training else 0.0
         out = attend(q, k, v, mask=mask, is_causal=is_causal, dropout=dropout)
         return self.out_proj(merge_heads(out))

@@ -63,17 +63,39 @@ class Block(nn.Module):
         rotary: tuple[Tensor, Tensor] | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        context_rotary: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """x [B, L, d]; context [B, S, d] for the cross-attention; returns [B, L, d]."""
+        """x [B, L, d]; context [B, S, d] for the cross-attention; returns [B, L, d].
+
+        ``context_rotary``: positions in the cross-attention, (cos, sin) of the queries'
+        positions then (cos, sin) of the context's (see :meth:`MultiHeadAttention.forward`);
+        None: the cross-attention has no positions.
+        """
         x = x + self.resid_dropout(
             self.self_attn(self.ln_self(x), mask=mask, is_causal=is_causal, rotary=rotary)
         )
         if self.cross_attn is not None and context is not None:
-            attended = self.cross_attn(
-                self.ln_cross(x), context=self.ln_context(context), mask=context_mask
-            )
+            attended = self._cross(x, context, context_mask, context_rotary)
             x = x + self.resid_dropout(attended)
         return x + self.ffn(self.ln_ffn(x))
+
+    def _cross(
+        self,
+        x: Tensor,
+        context: Tensor,
+        mask: Tensor | None,
+        rotary: tuple[Tensor, Tensor, Tensor, Tensor] | None,
+    ) -> Tensor:
+        """The cross-attention's output [B, L, d] (before the residual)."""
+        assert self.cross_attn is not None
+        q_rot, k_rot = (None, None) if rotary is None else (rotary[:2], rotary[2:])
+        return self.cross_attn(
+            self.ln_cross(x),
+            context=self.ln_context(context),
+            mask=mask,
+            rotary=q_rot,
+            key_rotary=k_rot,
+        )
 
     def forward_cached(
         self,
@@ -84,6 +106,7 @@ class Block(nn.Module):
         rotary: tuple[Tensor, Tensor] | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        context_rotary: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
         capacity: int | None = None,
     ) -> tuple[Tensor, KVCache]:
         """:meth:`forward` for new positions only, with the self-attention's key/value cache.
@@ -98,9 +121,7 @@ class Block(nn.Module):
         )
         x = x + attended
         if self.cross_attn is not None and context is not None:
-            x = x + self.cross_attn(
-                self.ln_cross(x), context=self.ln_context(context), mask=context_mask
-            )
+            x = x + self._cross(x, context, context_mask, context_rotary)
         ffn = self.ffn
         return x + ffn.down(F.gelu(ffn.up(self.ln_ffn(x)))), cache
 
@@ -114,6 +135,7 @@ def decode_blocks(
     rotary: tuple[Tensor, Tensor] | None = None,
     context: Tensor | None = None,
     context_mask: Tensor | None = None,
+    context_rotary: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     capacity: int | None = None,
 ) -> tuple[Tensor, list[KVCache | None]]:
     """Run new positions ``x`` [B, n, d] through a stack of :class:`Block` with KV caches.
@@ -130,6 +152,7 @@ def decode_blocks(
             rotary=rotary,
             context=context,
             context_mask=context_mask,
+            context_rotary=context_rotary,
             capacity=capacity,
         )
         grown.append(new_cache)

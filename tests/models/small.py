@@ -19,6 +19,16 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
         "memformer",
         {**COMMON, "encoder_layers": 1, "decoder_layers": 2, "memory_slots": 4},
     ),
+    "memformer_positions": (
+        "memformer",
+        {
+            **COMMON,
+            "encoder_layers": 1,
+            "decoder_layers": 2,
+            "memory_slots": 4,
+            "context_positions": True,
+        },
+    ),
     "rmt": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4}),
     "rmt_hf": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "backbone": "hf"}),
     "armt": ("armt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "d_mem": 4}),

@@ -402,3 +402,49 @@ def test_advance_uses_the_rng_like_step() -> None:
     torch.testing.assert_close(advanced, stepped, rtol=0, atol=0)
     torch.manual_seed(4)
     assert not torch.allclose(model.advance(x, memory).slots, stepped)
+
+
+def test_context_positions_make_scores_depend_on_the_distance_only() -> None:
+    """With ``context_positions`` the cross-attention score of query i and H's key j sees
+    the distance prev_len - j + i: rotating the queries to prev_len + i and the keys to j
+    (the unaligned positions) gives the same decoder output as the model's tables."""
+    model = memformer(context_positions=True).eval()
+    memory = after_one_segment(model, batch=3)
+    memory = memory._replace(prev_len=torch.tensor([SEG, 5, 1]))
+    segment = tokens(3, SEG, seed=3)
+    with torch.no_grad():
+        logits = model.step(segment, memory).logits
+        hidden, _, _, keys = model._critical_path(memory)
+        context, context_mask = model._decoder_context(hidden, keys, memory.prev_len)
+        rows = []
+        for row, prev in enumerate(memory.prev_len.tolist()):
+            q_tables = model.rotary(torch.arange(prev, prev + SEG))
+            k_tables = model.rotary(torch.arange(SEG))
+            x = model.embed_tokens(segment[row : row + 1])
+            for block in model.decoder:
+                x = block(
+                    x,
+                    is_causal=True,
+                    rotary=model.rotary(torch.arange(SEG)),
+                    context=context[row : row + 1],
+                    context_mask=context_mask[row : row + 1],
+                    context_rotary=(*q_tables, *k_tables),
+                )
+            rows.append(model.logits(x))
+    torch.testing.assert_close(logits, torch.cat(rows), atol=1e-5, rtol=1e-5)
+
+
+def test_context_positions_change_what_the_decoder_reads() -> None:
+    """The same weights with and without positions in the cross-attention give different
+    logits after a previous segment, and equal ones at the start of a stream (one key)."""
+    with_positions = memformer(context_positions=True).eval()
+    without = memformer().eval()
+    without.load_state_dict(with_positions.state_dict())
+    memory = after_one_segment(without)
+    segment = tokens(2, SEG, seed=4)
+    with torch.no_grad():
+        moved = with_positions.step(segment, memory).logits - without.step(segment, memory).logits
+        fresh = with_positions.init_memory(2)
+        start = with_positions.step(segment, fresh).logits - without.step(segment, fresh).logits
+    assert moved.abs().max() > 1e-3
+    assert start.abs().max() == 0
