@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from memtx.errors import ConfigError
@@ -46,6 +48,18 @@ def _matches(value: Any, tp: Any) -> bool:
     if isinstance(tp, type):
         return isinstance(value, tp)
     return True
+
+
+def read_json_table(path: Path, *, name: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a one-line :class:`ConfigError` naming ``name`` when the
+    file cannot be read, is not JSON, or holds something other than an object."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{name} cannot be read: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name} does not hold a table")
+    return raw
 
 
 class Checked:

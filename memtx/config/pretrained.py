@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from memtx.config.checks import read_json_table
 from memtx.errors import ConfigError
 
 __all__ = [
@@ -187,12 +187,7 @@ def pretrained_sizes(hf_path: str) -> dict[str, Any]:
     config_file = source.folder / "config.json"
     if not config_file.is_file():
         raise ConfigError(f"{where} has no config.json: not a Hugging Face model folder")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{where}: config.json cannot be read: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: config.json holds no table")
+    raw = read_json_table(config_file, name=f"{where}: config.json")
     raw = {**raw, **raw.get("text_config", {})} if isinstance(raw.get("text_config"), dict) else raw
     sizes: dict[str, Any] = {"model_type": raw.get("model_type")}
     for ours, names in HF_SIZE_NAMES.items():

@@ -32,6 +32,7 @@ from memtx.checkpoint import (
     set_rng_state,
     split_optimizer_state,
 )
+from memtx.config.checks import read_json_table
 from memtx.config.loading import apply_overrides
 from memtx.errors import ConfigError
 from memtx.paths import check_writable_folder
@@ -246,13 +247,7 @@ def read_run_config(
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} holds no run (no config.json)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} cannot be read: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} does not hold a config table")
-    return apply_overrides(raw, overrides, sections=sections)
+    return apply_overrides(read_json_table(path, name=str(path)), overrides, sections=sections)
 
 
 def load_weights(model: nn.Module, weights: Mapping[str, Tensor]) -> None:
