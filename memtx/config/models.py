@@ -180,6 +180,9 @@ class RMTConfig(ModelConfig):
             that differs is an error).
         hf_model_type: with no ``hf_path``, build this HF architecture from a config
             with our sizes (``"gpt2"``, ``"llama"``), randomly initialised.
+        write_gate: a learned per-slot gate g in (0, 1) on the write: the next memory is
+            ``read + g * (written - read)``, so a segment with nothing to store can leave
+            the memory as it was (False: the paper's full overwrite).
     """
 
     name: ClassVar[str] = "rmt"
@@ -189,10 +192,13 @@ class RMTConfig(ModelConfig):
     backbone: Literal["builtin", "hf"] = "builtin"
     hf_path: str | None = None
     hf_model_type: str = "gpt2"
+    write_gate: bool = False
 
     def _validate(self) -> None:
         super()._validate()
         self._at_least("memory_tokens", 1)
+        if self.write_gate and self.memory_layout != "read_write":
+            raise ConfigError("model.write_gate needs model.memory_layout='read_write'")
 
 
 @dataclass(frozen=True, kw_only=True)

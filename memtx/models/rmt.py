@@ -45,6 +45,14 @@ memory instead of ``slots``. The learned initial memory is therefore applied *in
 memory a rollout starts from as a detached input, which a parameter expanded in
 ``init_memory`` would silently lose). Setting ``reset[i] = True`` restarts stream i alone.
 
+Write gate (``write_gate``, off by default; not in the paper): a per-slot scalar
+``g = sigmoid(w . written + b)`` mixes the next memory ``read + g * (written - read)``.
+A full overwrite re-encodes the memory every segment, and a fact has to survive that map
+once per segment of noise; the gate lets a segment with nothing to store leave the memory
+almost unchanged (``g`` near 0), so what is kept decays as the product of the gates
+instead of through a thousand re-encodings. ``w`` starts at zero and ``b`` at 2
+(``g`` = 0.88 everywhere): at init the model is close to the paper's RMT.
+
 Backbones (``config.backbone``, see :mod:`memtx.models.backbones`): ``"builtin"``, our
 pre-LN blocks with rotary positions, a tied embedding and head, and a KV cache for
 generation; ``"hf"``, any Hugging Face causal LM (built from a config with our sizes or
@@ -138,7 +146,7 @@ class RMT(SegmentLM):
     """
 
     memory_carries_grad = True
-    memory_parameters = ("initial_memory",)
+    memory_parameters = ("initial_memory", "write_gate.")
     backbone: Backbone
 
     def __init__(self, config: RMTConfig) -> None:
@@ -156,6 +164,11 @@ class RMT(SegmentLM):
         adopt_backbone(self, backbone)  # its parts keep their checkpoint names: embed.*, hf.*
         initial = torch.empty(m, config.d_model, dtype=backbone.dtype)
         self.initial_memory = nn.Parameter(initial.normal_(std=backbone.init_std))
+        self.write_gate: nn.Linear | None = None
+        if config.write_gate:
+            self.write_gate = nn.Linear(config.d_model, 1, dtype=backbone.dtype)
+            nn.init.zeros_(self.write_gate.weight)
+            nn.init.constant_(self.write_gate.bias, 2.0)  # g = 0.88: nearly the paper's RMT
 
     # ------------------------------------------------------------------ plumbing
 
@@ -269,14 +282,19 @@ class RMT(SegmentLM):
         self.check_tokens(tokens)
         self._check_memory(memory, tokens)
         m, length = self.config.memory_tokens, tokens.shape[1]
-        inputs = self.segment_inputs(tokens, self.read_memory(memory))
-        hidden, logits = self.forward_inputs(inputs, length=length)
+        read = self.read_memory(memory)  # (B, m, d)
+        hidden, logits = self.forward_inputs(self.segment_inputs(tokens, read), length=length)
         if self.config.memory_layout == "read_write":
             new_memory = hidden[:, m + length :]  # (B, m, d) the write slots
         else:
             new_memory = hidden[:, :m]  # the read slots: the failing ablation
         slots = new_memory.to(self.initial_memory.dtype)
-        return StepOutput(logits, RMTMemory(slots, torch.zeros_like(memory.reset)))
+        aux: dict[str, Tensor] = {}
+        if self.write_gate is not None:
+            gate = torch.sigmoid(self.write_gate(slots))  # (B, m, 1)
+            slots = read + gate * (slots - read)
+            aux["write_gate"] = gate.squeeze(-1).detach()  # (B, m)
+        return StepOutput(logits, RMTMemory(slots, torch.zeros_like(memory.reset)), aux)
 
     # ------------------------------------------------------------------ generation
 

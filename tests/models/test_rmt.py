@@ -15,7 +15,7 @@ from memtx.data.tasks import make_task
 from memtx.errors import ConfigError, DataError
 from memtx.models.rmt import RMT, RMTMemory, rmt_attention_mask
 from memtx.recurrence import rollout
-from tests.models.small import HAS_TRANSFORMERS, small_model, tokens
+from tests.models.small import HAS_TRANSFORMERS, SMALL, small_model, tokens
 
 BACKBONES = ["rmt", "rmt_hf"]
 VOCAB, SEG, M, D = 32, 8, 4, 32
@@ -391,3 +391,34 @@ def test_learning_smoke_on_a_two_segment_copy(key: str) -> None:
     first, last = sum(losses[:3]) / 3, sum(losses[-10:]) / 10
     assert first > 4.5
     assert last < 1.6, f"loss went from {first:.2f} to {last:.2f} in 100 steps"
+
+
+def test_write_gate_mixes_the_read_memory_and_the_written_one() -> None:
+    """The next memory is ``read + g * (written - read)``: a closed gate keeps the memory
+    as it was read, an open one is the paper's full overwrite; ``aux`` reports g."""
+    gated = small_model("rmt_gate").eval()
+    plain = small_model("rmt").eval()
+    plain.load_state_dict(
+        {k: v for k, v in gated.state_dict().items() if not k.startswith("write_gate.")}
+    )
+    memory = plain.init_memory(2)
+    with torch.no_grad():
+        memory = plain.step(tokens(2, 8, seed=5), memory).memory  # a written, non-reset memory
+        segment = tokens(2, 8, seed=6)
+        written = plain.step(segment, memory)
+        for bias, expected in ((-60.0, memory.slots), (60.0, written.memory.slots)):
+            gated.write_gate.bias.fill_(bias)
+            out = gated.step(segment, memory)
+            torch.testing.assert_close(out.memory.slots, expected)
+            torch.testing.assert_close(out.logits, written.logits)  # the gate never reaches logits
+        gated.write_gate.weight.zero_()
+        gated.write_gate.bias.fill_(0.0)
+        half = gated.step(segment, memory)
+    torch.testing.assert_close(half.memory.slots, (memory.slots + written.memory.slots) / 2)
+    assert half.aux["write_gate"].shape == (2, 4)
+    torch.testing.assert_close(half.aux["write_gate"], torch.full((2, 4), 0.5))
+
+
+def test_write_gate_needs_the_read_write_layout() -> None:
+    with pytest.raises(ConfigError, match=r"write_gate needs model\.memory_layout='read_write'"):
+        memtx.build("rmt", **{**SMALL["rmt"][1], "write_gate": True, "memory_layout": "read_only"})
