@@ -26,6 +26,8 @@ run preset (the GPT-2-small-sized GPU presets); ``--compile`` runs the steps thr
         --dtype bf16 --compile --compile-mode reduce-overhead --strategies full mrbp
     python -m memtx.bench.throughput --model rmt --sizes '{"d_model": 64}' --steps 2
     python -m memtx.bench.throughput --paired armt rmt --steps 20 --threads 1
+    python -m memtx.bench.throughput --paired-presets configs/memformer-shakespeare.toml \
+        configs/transformer-xl-shakespeare.toml --steps 20 --threads 1
 
 ``measure_paired(...)`` times several models side by side in ONE process, alternating one
 training step each (the order flipping every round), so a load that drifts over time (a
@@ -243,8 +245,13 @@ def measure_paired(
     device: str = "cpu",
     dtype: str = "fp32",
     overrides: dict[str, Any] | None = None,
+    presets: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Training steps of ``models`` alternated in this process; median step and ratios.
+
+    ``presets`` (run preset files) replace ``models``: each is built with its own model,
+    batch, rollout and strategy (``preset_sizes``), named by its file's stem, so presets
+    at equal tokens per step compare as their users run them.
 
     Every round runs one step of each model (the order reversed every other round) on its
     own fixed random tokens; the first ``warmup`` rounds are not timed. ``ratio`` is a
@@ -264,6 +271,21 @@ def measure_paired(
         )
         for name in models
     }
+    if presets:
+        built = {}
+        for path in presets:
+            name, sizes, train = preset_sizes(path)
+            built[Path(path).stem] = _training_step(
+                name,
+                strategy=train["strategy"],
+                rollout_len=train["rollout"],
+                batch_size=train["batch_size"],
+                device=dev,
+                dtype=dtype,
+                overrides=overrides,
+                sizes=sizes,
+            )
+        models = list(built)
     times: dict[str, list[float]] = {name: [] for name in models}
     for index in range(warmup + steps):
         order = list(models) if index % 2 == 0 else list(reversed(models))
@@ -282,6 +304,8 @@ def measure_paired(
             "median_s": statistics.median(times[name]),
             "ratio": statistics.median(times[name]) / statistics.median(times[last]),
             "round_ratio_median": statistics.median(per_round),
+            "tokens_per_step": built[name][2],
+            "tokens_per_s": built[name][2] / statistics.median(times[name]),
             "state_kb_per_stream": state_kb_per_stream(built[name][0]),
             "parameters": sum(p.numel() for p in built[name][0].parameters()),
         }
@@ -364,6 +388,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="time these models side by side, alternating steps (ratios to the last one)",
     )
+    parser.add_argument(
+        "--paired-presets",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="time run presets side by side, each with its own batch, rollout and strategy",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--strategy", default=None, help="default: full, or the preset's")
     parser.add_argument(
@@ -413,8 +444,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "rollout_len": args.rollout or preset.get("rollout", 8),
         "overrides": args.sizes,
     }
-    if args.paired:
-        print(json.dumps(measure_paired(models=args.paired, strategy=strategy, **shared)))
+    if args.paired or args.paired_presets:
+        paired = measure_paired(
+            models=args.paired or (), presets=args.paired_presets or (), strategy=strategy, **shared
+        )
+        print(json.dumps(paired))
         return
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     rows = []

@@ -40,6 +40,30 @@ def test_paired_throughput_alternates_models_in_one_process(
     assert rows["rmt"]["state_kb_per_stream"] == (4 * 32 * 4 + 1) / 1024
 
 
+def test_paired_presets_run_each_with_its_own_batch_and_rollout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = "d_model = 32\nn_heads = 2\nsegment_len = 8\n"
+    (tmp_path / "mf.toml").write_text(
+        '[model]\nname = "memformer"\nencoder_layers = 1\ndecoder_layers = 1\n'
+        f'memory_slots = 2\n{common}[train]\nbatch_size = 2\nrollout = 4\nstrategy = "mrbp"\n'
+    )
+    (tmp_path / "xl.toml").write_text(
+        f'[model]\nname = "transformer_xl"\nn_layers = 1\nmem_len = 8\n{common}'
+        "[train]\nbatch_size = 4\nrollout = 2\n"
+    )
+    throughput.main(
+        ["--paired-presets", str(tmp_path / "mf.toml"), str(tmp_path / "xl.toml"),
+         "--steps", "2", "--warmup", "1", "--threads", "1"]
+    )  # fmt: skip
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = result["models"]
+    assert set(rows) == {"mf", "xl"} and result["relative_to"] == "xl"
+    assert rows["mf"]["tokens_per_step"] == rows["xl"]["tokens_per_step"] == 2 * 4 * 8
+    assert rows["xl"]["ratio"] == 1.0 and rows["mf"]["ratio"] > 0
+    assert rows["mf"]["tokens_per_s"] > 0
+
+
 def test_peers_profile_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sizes = {
         "d_model": 32, "n_heads": 2, "d_ff": 64, "segment_len": 8, "batch_size": 2,
