@@ -119,6 +119,10 @@ class MemformerConfig(ModelConfig):
         context_positions: rotary positions in the decoder's cross-attention, so its
             scores see how far back in the previous segment a key lies (False: the
             position-less cross-attention of the first version, where H is a bag).
+        context_attention: how the decoder reads H_{t-1}: ``"cross"`` (the paper's
+            cross-attention in every decoder block) or ``"joint"`` (each decoder block's
+            self-attention reads H before the segment with its own projections and
+            relative positions, as Transformer-XL reads its cache; no cross-attention).
     """
 
     name: ClassVar[str] = "memformer"
@@ -131,6 +135,7 @@ class MemformerConfig(ModelConfig):
     use_memory: bool = True
     use_forgetting: bool = True
     context_positions: bool = False
+    context_attention: Literal["cross", "joint"] = "cross"
 
     def _validate(self) -> None:
         enc, dec, total = self.encoder_layers, self.decoder_layers, self.n_layers
@@ -162,6 +167,11 @@ class MemformerConfig(ModelConfig):
         self._at_least("memory_slots", 1)
         if not self.write_temperature > 0:
             raise ConfigError(f"model.write_temperature must be > 0, got {self.write_temperature}")
+        if self.context_positions and self.context_attention == "joint":
+            raise ConfigError(
+                "model.context_positions is for context_attention='cross' "
+                "(the joint attention always has positions)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

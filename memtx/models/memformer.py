@@ -35,6 +35,14 @@ Choices where the paper leaves room (all documented where they are made):
   previous segment, as Transformer-XL's relative attention over its cache does. Without
   it H is a bag of encodings and the decoder cannot tell the previous segment's last
   bytes from its first (benchmarks/memformer-probe.md: the trained model then ignores H).
+- Decoder context (``context_attention``): ``"cross"`` is the paper's cross-attention
+  to H in every decoder block. ``"joint"`` (a documented deviation) drops it: each decoder
+  block's self-attention reads ``[H ; segment]`` in one softmax, H through the block's own
+  LayerNorm and projections at positions ``j - prev_len`` before the segment's ``0 ..``,
+  as Transformer-XL reads its cache. Why: trained on real text a cross-attention learned
+  nothing from H (the decoder must learn "attend to the last bytes" a second time, with
+  separate weights and a weak signal), while the joint read reuses what the segment's own
+  attention learns (benchmarks/memformer-probe.md). A fresh row reads no prefix.
 - Writer: slot attention where slot i attends to itself and to H, never to other slots.
   Queries and keys are taken from LayerNorm'd slots and LayerNorm'd H (the pre-LN
   convention of every block here; BMN slots have unit norm, i.e. entries ~ 1/sqrt(d), so
@@ -77,17 +85,20 @@ from torch import Tensor, nn
 
 from memtx.config import MemformerConfig
 from memtx.errors import ConfigError, DataError
+from memtx.models.memformer_decoding import MemformerDecoding
 from memtx.models.protocol import (
-    CachedDecoding,
-    DecodeState,
     StepOutput,
     TiedLM,
-    cache_mask,
     check_memory_tensor,
     check_memory_type,
     check_on_device,
 )
-from memtx.modules import Block, RotaryEmbedding, SlotWriter, decode_blocks
+from memtx.modules import (
+    Block,
+    RotaryEmbedding,
+    SlotWriter,
+    previous_segment_rotary,
+)
 
 #: What :meth:`Memformer.set_diagnostic` accepts (see the module docstring).
 DIAGNOSTICS = ("none", "memory_reset", "no_reader", "context_masked")
@@ -123,7 +134,7 @@ def _starts_every_row(prev_len: Tensor) -> bool:
     return getattr(prev_len, _FRESH, None) == prev_len._version
 
 
-class Memformer(TiedLM):
+class Memformer(MemformerDecoding, TiedLM):
     """Memformer language model over segments; memory = :class:`MemformerMemory`.
 
     ``aux["write_attention"]`` ([B, heads, memory_slots, 1 + segment_len], detached) is the
@@ -147,11 +158,13 @@ class Memformer(TiedLM):
             Block(d, heads, ffn, dropout=config.dropout, cross_attention=config.use_memory)
             for _ in range(config.encoder_layers)
         )
+        self.joint = config.context_attention == "joint"
         self.decoder = nn.ModuleList(
-            Block(d, heads, ffn, dropout=config.dropout, cross_attention=True)
+            Block(d, heads, ffn, dropout=config.dropout, cross_attention=not self.joint)
             for _ in range(config.decoder_layers)
         )
-        self.null_context = nn.Parameter(torch.zeros(d))
+        # The cross-attention's context at the start of a stream (the joint read has none).
+        self.null_context = None if self.joint else nn.Parameter(torch.zeros(d))
         self.writer: SlotWriter | None = None
         self.slot_bias: nn.Parameter | None = None  # BMN's v_i
         self.initial_slots: nn.Parameter | None = None  # without forgetting
@@ -165,8 +178,8 @@ class Memformer(TiedLM):
             # Nothing is read or written: the slots are inert zeros kept for a uniform memory.
             self.memory_carries_grad = False
         self.init_weights()
-        nn.init.normal_(self.null_context, std=0.02)
-        for block in self.decoder:
+        for block in self.decoder if self.null_context is not None else ():
+            nn.init.normal_(self.null_context, std=0.02)
             assert isinstance(block, Block) and block.cross_attn is not None
             # The decoder starts as a plain causal transformer and learns to read H: at
             # init H carries nothing yet, and a random projection of it is noise in the
@@ -215,7 +228,7 @@ class Memformer(TiedLM):
             return F.normalize(self.slot_bias, dim=-1)
         if self.initial_slots is not None:
             return self.initial_slots
-        return self.null_context.new_zeros(cfg.memory_slots, cfg.d_model)
+        return self.embed.weight.new_zeros(cfg.memory_slots, cfg.d_model)
 
     def init_memory(
         self, batch_size: int, *, device: torch.device | str | None = None
@@ -344,10 +357,21 @@ class Memformer(TiedLM):
         (it reads only position 0: exactly that vector); [B, 1, d] of it, unmasked,
         when no row was encoded."""
         null = self.null_context  # (d,)
+        assert null is not None, "the joint read has no cross-attention context"
         if hidden is None or keys is None:
             return null[None, None, :].expand(prev_len.shape[0], 1, -1), None
         context = torch.where((prev_len > 0)[:, None, None], hidden, null.to(hidden.dtype))
         return context, keys[:, None, None, :]
+
+    def _prefix(self, hidden: Tensor | None, keys: Tensor | None, prev_len: Tensor) -> dict:
+        """The joint read's prefix: H [B, S, d], its mask [B, 1, 1, S] (a row's previous
+        segment; nothing for a fresh row) and its positions ``j - prev_len``."""
+        if hidden is None or keys is None:
+            return {}
+        span = self.config.segment_len
+        mask = (keys & (prev_len > 0)[:, None])[:, None, None, :]  # (B, 1, 1, S)
+        rotary = previous_segment_rotary(self.rotary, prev_len, span=span)  # (B, 1, S, hd)
+        return {"prefix": hidden, "prefix_mask": mask, "prefix_rotary": rotary}
 
     def _context_key_rotary(
         self, hidden: Tensor | None, prev_len: Tensor
@@ -357,11 +381,7 @@ class Memformer(TiedLM):
         if not self.config.context_positions or hidden is None:
             return None
         span = self.config.segment_len
-        offsets = torch.arange(span, device=prev_len.device)  # (S,)
-        positions = offsets[None, :] + (span - prev_len)[:, None]  # (B, S)
-        cos, sin = self.rotary(positions.reshape(-1))  # (B*S, hd) each
-        shape = (prev_len.shape[0], 1, span, cos.shape[-1])
-        return cos.view(shape), sin.view(shape)
+        return previous_segment_rotary(self.rotary, prev_len, span=span, offset=span)
 
     def _context_rotary(
         self, keys: tuple[Tensor, Tensor] | None, start: int, n: int
@@ -377,7 +397,7 @@ class Memformer(TiedLM):
         row at the start of a stream did not write: weight 1 on itself."""
         cfg = self.config
         shape = (prev_len.shape[0], cfg.n_heads, cfg.memory_slots, 1 + cfg.segment_len)
-        kept = self.null_context.new_zeros(shape)  # (B, h, k, 1+S)
+        kept = self.embed.weight.new_zeros(shape)  # (B, h, k, 1+S)
         kept[..., 0] = 1.0
         if attention is None:
             return kept
@@ -402,21 +422,19 @@ class Memformer(TiedLM):
         memory = self._diagnosed(memory)
         # The critical path runs first, so ``advance`` consumes the RNG (dropout) the same.
         hidden, slots, attention, keys = self._critical_path(memory)
-        context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
         length = tokens.shape[1]
         rotary = self.rotary(torch.arange(length, device=tokens.device))
-        keys_rotary = self._context_key_rotary(hidden, memory.prev_len)
-        context_rotary = self._context_rotary(keys_rotary, 0, length)
         x = self.embed_tokens(tokens)  # (B, L, d)
-        for block in self.decoder:
-            x = block(
-                x,
-                is_causal=True,
-                rotary=rotary,
-                context=context,
-                context_mask=context_mask,
-                context_rotary=context_rotary,
+        if self.joint:
+            reads = self._prefix(hidden, keys, memory.prev_len)  # H read before the segment
+        else:
+            context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
+            context_rotary = self._context_rotary(
+                self._context_key_rotary(hidden, memory.prev_len), 0, length
             )
+            reads = dict(context=context, context_mask=context_mask, context_rotary=context_rotary)
+        for block in self.decoder:
+            x = block(x, is_causal=True, rotary=rotary, **reads)
         aux: dict[str, Tensor] = {}
         if self.writer is not None:
             aux["write_attention"] = self._write_attention(attention, memory.prev_len)
@@ -432,52 +450,3 @@ class Memformer(TiedLM):
         else:
             _, slots, _, _ = self._critical_path(memory)
         return self._next_memory(tokens, slots)
-
-    # ----------------------------------------------------------------------- generation
-
-    def cached_decoder(self) -> CachedDecoding:
-        """Generation with a KV cache: :meth:`begin_decode` / :meth:`decode`."""
-        return self
-
-    def begin_decode(self, memory: MemformerMemory) -> DecodeState:
-        """Encode the previous segment once; the new segment then decodes against it."""
-        probe = memory.prev_tokens[:, :1]  # (B, 1): only batch size and device are read
-        self._check_memory(memory, probe)
-        memory = self._diagnosed(memory)
-        hidden, _, _, keys = self._critical_path(memory)
-        context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
-        keys_rotary = self._context_key_rotary(hidden, memory.prev_len)
-        extra = {} if keys_rotary is None else dict(zip(("cos", "sin"), keys_rotary, strict=True))
-        return DecodeState(
-            caches=[None] * len(self.decoder),
-            context=context,
-            context_mask=context_mask,
-            extra=extra,
-        )
-
-    def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
-        """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
-        self.check_decode(tokens, state)
-        n = tokens.shape[1]
-        rotary = self.rotary.span(state.length, n)  # (n, hd) each
-        mask = cache_mask(state.length, n, device=tokens.device)
-        keys_rotary = (state.extra["cos"], state.extra["sin"]) if state.extra else None
-        x = self.embed_tokens(tokens)  # (B, n, d)
-        x, caches = decode_blocks(
-            self.decoder,
-            x,
-            state.caches,
-            mask=mask,
-            rotary=rotary,
-            context=state.context,
-            context_mask=state.context_mask,
-            context_rotary=self._context_rotary(keys_rotary, state.length, n),
-            capacity=self.config.segment_len,
-        )
-        return self.logits(x), DecodeState(
-            caches=caches,
-            length=state.length + n,
-            context=state.context,
-            context_mask=state.context_mask,
-            extra=state.extra,
-        )

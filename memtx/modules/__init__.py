@@ -1,9 +1,14 @@
 """The only building blocks shared between models: attention, positions, blocks, the KV cache."""
 
 from memtx.modules.attention import MultiHeadAttention, attend
-from memtx.modules.blocks import Block, FeedForward, decode_blocks
+from memtx.modules.blocks import Block, FeedForward, decode_blocks, prefixed_mask
 from memtx.modules.kv_cache import KVCache
-from memtx.modules.positions import RotaryEmbedding, apply_rotary, sinusoid
+from memtx.modules.positions import (
+    RotaryEmbedding,
+    apply_rotary,
+    previous_segment_rotary,
+    sinusoid,
+)
 from memtx.modules.slot_writer import SlotWriter
 
 __all__ = [
@@ -16,5 +21,7 @@ __all__ = [
     "apply_rotary",
     "attend",
     "decode_blocks",
+    "prefixed_mask",
+    "previous_segment_rotary",
     "sinusoid",
 ]

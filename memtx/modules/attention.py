@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -94,8 +95,12 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         rotary: tuple[Tensor, Tensor] | None = None,
         capacity: int | None = None,
+        prefix: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, KVCache]:
         """Self-attention of new positions ``x`` [B, n, d] over ``cache`` + themselves.
+
+        ``prefix``: keys and values [B, H, P, hd] read before the cache (:meth:`prefix_kv`);
+        ``mask`` then covers ``P + past + n`` keys.
 
         ``rotary`` holds the tables of the n new positions; ``mask`` [n, past + n] (True
         = may attend) covers the cached and new keys. Returns the output [B, n, d] and the
@@ -113,6 +118,8 @@ class MultiHeadAttention(nn.Module):
             cache = KVCache.empty(k, capacity=max(capacity or 0, n))
         cache = cache.append(k, v)
         keys, values = cache.past()  # (B, H, past + n, hd) each
+        if prefix is not None:
+            keys, values = torch.cat([prefix[0], keys], 2), torch.cat([prefix[1], values], 2)
         out = attend(q, keys, values, mask=mask)  # (B, H, n, hd)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), cache
 
@@ -125,18 +132,29 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         rotary: tuple[Tensor, Tensor] | None = None,
         key_rotary: tuple[Tensor, Tensor] | None = None,
+        prefix: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Attend from ``x`` [B, L, d] to itself (or ``context`` [B, S, d]); returns [B, L, d].
 
         ``rotary`` rotates the queries and, without ``key_rotary``, the keys (self-attention:
         one table of positions); cross-attention gives the keys their own positions in
         ``key_rotary`` (tables broadcastable to [B, H, S, hd], e.g. [B, 1, S, hd] per row).
+        ``prefix``: self-attention also reads these keys and values [B, H, P, hd] before its
+        own (:meth:`prefix_kv`); ``mask`` then covers ``P + L`` keys.
         """
         q, k, v = self.project(x, context)
         if rotary is not None:
             cos, sin = rotary
             q = apply_rotary(q, cos, sin)
             k = apply_rotary(k, *(key_rotary or rotary))
+        if prefix is not None:
+            k, v = torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2)
         dropout = self.dropout if self.training else 0.0
         out = attend(q, k, v, mask=mask, is_causal=is_causal, dropout=dropout)
         return self.out_proj(merge_heads(out))
+
+    def prefix_kv(self, prefix: Tensor, rotary: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Self-attention keys (rotated by ``rotary``) and values, each [B, H, P, hd], of
+        prefix positions [B, P, d]: another sequence read with this layer's projections."""
+        _, k, v = self.project(prefix)
+        return apply_rotary(k, *rotary), v

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import cast
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -64,15 +65,32 @@ class Block(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         context_rotary: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+        prefix: Tensor | None = None,
+        prefix_mask: Tensor | None = None,
+        prefix_rotary: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """x [B, L, d]; context [B, S, d] for the cross-attention; returns [B, L, d].
+
+        ``prefix`` [B, P, d]: positions the self-attention reads before ``x`` with its own
+        LayerNorm and projections (as Transformer-XL reads its cache), all of them visible
+        where ``prefix_mask`` [B, 1, 1, P] is True, at the positions ``prefix_rotary``
+        ([B, 1, P, hd] tables) gives them; ``x`` is then causal (``is_causal`` or ``mask``
+        [L, L]).
 
         ``context_rotary``: positions in the cross-attention, (cos, sin) of the queries'
         positions then (cos, sin) of the context's (see :meth:`MultiHeadAttention.forward`);
         None: the cross-attention has no positions.
         """
+        kv = None
+        if prefix is not None:
+            assert prefix_mask is not None and prefix_rotary is not None and rotary is not None
+            kv = self.self_attn.prefix_kv(self.ln_self(prefix), prefix_rotary)
+            mask = prefixed_mask(prefix_mask, x.shape[1], mask)
+            is_causal = False
         x = x + self.resid_dropout(
-            self.self_attn(self.ln_self(x), mask=mask, is_causal=is_causal, rotary=rotary)
+            self.self_attn(
+                self.ln_self(x), mask=mask, is_causal=is_causal, rotary=rotary, prefix=kv
+            )
         )
         if self.cross_attn is not None and context is not None:
             attended = self._cross(x, context, context_mask, context_rotary)
@@ -108,8 +126,12 @@ class Block(nn.Module):
         context_mask: Tensor | None = None,
         context_rotary: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
         capacity: int | None = None,
+        prefix_kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, KVCache]:
         """:meth:`forward` for new positions only, with the self-attention's key/value cache.
+
+        ``prefix_kv``: the prefix's keys and values (``self_attn.prefix_kv``, computed once
+        per segment); ``mask`` then covers them too.
 
         Returns the new positions' output [B, n, d] and the grown cache (``capacity``: the
         positions a new cache's buffers hold). Same arithmetic as :meth:`forward` over the
@@ -117,7 +139,7 @@ class Block(nn.Module):
         dropout (called on its functions, as each module call costs a token time).
         """
         attended, cache = self.self_attn.forward_cached(
-            self.ln_self(x), cache, mask=mask, rotary=rotary, capacity=capacity
+            self.ln_self(x), cache, mask=mask, rotary=rotary, capacity=capacity, prefix=prefix_kv
         )
         x = x + attended
         if self.cross_attn is not None and context is not None:
@@ -137,14 +159,16 @@ def decode_blocks(
     context_mask: Tensor | None = None,
     context_rotary: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     capacity: int | None = None,
+    prefixes: Sequence[tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Tensor, list[KVCache | None]]:
     """Run new positions ``x`` [B, n, d] through a stack of :class:`Block` with KV caches.
 
     Returns the output [B, n, d] and each block's grown cache (generation's inner loop);
-    ``capacity`` sizes new caches (the segment's length).
+    ``capacity`` sizes new caches (the segment's length); ``prefixes``: each block's
+    prefix keys and values (:meth:`Block.forward_cached`).
     """
     grown: list[KVCache | None] = []
-    for block, cache in zip(blocks, caches, strict=True):
+    for index, (block, cache) in enumerate(zip(blocks, caches, strict=True)):
         x, new_cache = cast(Block, block).forward_cached(
             x,
             cache,
@@ -154,6 +178,17 @@ def decode_blocks(
             context_mask=context_mask,
             context_rotary=context_rotary,
             capacity=capacity,
+            prefix_kv=None if prefixes is None else prefixes[index],
         )
         grown.append(new_cache)
     return x, grown
+
+
+def prefixed_mask(prefix_mask: Tensor, length: int, mask: Tensor | None) -> Tensor:
+    """[B, 1, L, P + K] bool: every prefix key where ``prefix_mask`` [B, 1, 1, P] allows,
+    then ``mask`` [L, K] over the segment's own keys (None: causal, K = L)."""
+    if mask is None:
+        mask = torch.ones(length, length, dtype=torch.bool, device=prefix_mask.device).tril()
+    batch, prefix = prefix_mask.shape[0], prefix_mask.shape[-1]
+    own = mask.expand(batch, 1, length, mask.shape[-1])  # (B, 1, L, K)
+    return torch.cat([prefix_mask.expand(batch, 1, length, prefix), own], dim=-1)

@@ -64,6 +64,19 @@ class RotaryEmbedding(nn.Module):
         return cos[start:end], sin[start:end]
 
 
+def previous_segment_rotary(
+    rotary: RotaryEmbedding, prev_len: Tensor, *, span: int, offset: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Tables [B, 1, span, hd] for a previous segment's positions ``j`` (per row, of
+    length ``prev_len`` [B], right-padded to ``span``) at ``offset - prev_len + j``: its
+    last position sits just before ``offset``, where the current segment starts."""
+    steps = torch.arange(span, device=prev_len.device)  # (S,)
+    positions = steps[None, :] + (offset - prev_len)[:, None]  # (B, S)
+    cos, sin = rotary(positions.reshape(-1))  # (B*S, hd) each
+    shape = (prev_len.shape[0], 1, span, cos.shape[-1])
+    return cos.view(shape), sin.view(shape)
+
+
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate ``x`` [..., hd] by tables ``cos``, ``sin`` that broadcast to it."""
     if cos.dtype != x.dtype:

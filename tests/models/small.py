@@ -29,6 +29,16 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
             "context_positions": True,
         },
     ),
+    "memformer_joint": (
+        "memformer",
+        {
+            **COMMON,
+            "encoder_layers": 1,
+            "decoder_layers": 2,
+            "memory_slots": 4,
+            "context_attention": "joint",
+        },
+    ),
     "rmt": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4}),
     "rmt_gate": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "write_gate": True}),
     "rmt_hf": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "backbone": "hf"}),

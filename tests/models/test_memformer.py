@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memtx.errors import DataError
+from memtx.errors import ConfigError, DataError
 from memtx.models.memformer import Memformer, MemformerMemory
 from memtx.models.protocol import memory_leaves
 from memtx.recurrence import rollout
@@ -448,3 +448,52 @@ def test_context_positions_change_what_the_decoder_reads() -> None:
         start = with_positions.step(segment, fresh).logits - without.step(segment, fresh).logits
     assert moved.abs().max() > 1e-3
     assert start.abs().max() == 0
+
+
+def test_joint_read_uses_the_previous_segment_and_nothing_at_a_stream_start() -> None:
+    """``context_attention='joint'``: no cross-attention; the segment's logits change with
+    the previous segment, and with the previous encoding hidden (``context_masked``) they
+    equal a fresh stream's, where the self-attention reads no prefix."""
+    model = memformer(context_attention="joint").eval()
+    assert model.null_context is None
+    assert not any("cross_attn" in name for name, _ in model.decoder.named_parameters())
+    memory = after_one_segment(model)
+    other = memory._replace(prev_tokens=tokens(2, SEG, seed=11))
+    segment = tokens(2, SEG, seed=4)
+    with torch.no_grad():
+        read = model.step(segment, memory).logits
+        changed = model.step(segment, other).logits
+        fresh = model.step(segment, model.init_memory(2)).logits
+        model.set_diagnostic("context_masked")
+        masked = model.step(segment, memory).logits
+    assert (read - changed)[:, 0].abs().max() > 1e-3  # the first token reads H
+    torch.testing.assert_close(masked, fresh)
+
+
+def test_joint_read_prefix_positions_sit_just_before_the_segment() -> None:
+    """A previous segment of p tokens is read at positions -p .. -1: the same logits as a
+    decoder whose tables put H at 0 .. p-1 and the segment at p .. p+L-1 (relative)."""
+    model = memformer(context_attention="joint").eval()
+    memory = after_one_segment(model, batch=2)._replace(prev_len=torch.tensor([SEG, 3]))
+    segment = tokens(2, SEG, seed=3)
+    with torch.no_grad():
+        logits = model.step(segment, memory).logits
+        hidden = model._critical_path(memory)[0]
+        rows = []
+        for row, prev in enumerate(memory.prev_len.tolist()):
+            x = model.embed_tokens(segment[row : row + 1])
+            for block in model.decoder:
+                x = block(
+                    x,
+                    rotary=model.rotary(torch.arange(prev, prev + SEG)),
+                    prefix=hidden[row : row + 1],
+                    prefix_mask=(torch.arange(SEG) < prev)[None, None, None, :],
+                    prefix_rotary=tuple(t[None, None] for t in model.rotary(torch.arange(SEG))),
+                )
+            rows.append(model.logits(x))
+    torch.testing.assert_close(logits, torch.cat(rows), atol=1e-5, rtol=1e-5)
+
+
+def test_context_positions_are_for_the_cross_attention_only() -> None:
+    with pytest.raises(ConfigError, match="context_positions is for context_attention='cross'"):
+        memformer(context_attention="joint", context_positions=True)

@@ -1,0 +1,92 @@
+"""Memformer's generation with a KV cache (a mixin of :class:`memtx.models.memformer.Memformer`).
+
+:meth:`begin_decode` encodes the previous segment once (the critical path of ``step``);
+each :meth:`decode` appends tokens to the new segment and runs only the decoder over them,
+reading H as ``step`` does: through the cross-attention (with its positions, if any), or,
+for the joint read, as per-block keys and values computed once per segment and read
+before the self-attention's cache. The contract suite checks the logits equal ``step``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from memtx.models.protocol import CachedDecoding, DecodeState, cache_mask
+from memtx.modules import Block, decode_blocks, prefixed_mask
+
+
+class MemformerDecoding:
+    """:class:`~memtx.models.protocol.CachedDecoding` for Memformer (uses its parts)."""
+
+    decoder: Any  # these come from Memformer
+    config: Any
+
+    def cached_decoder(self) -> CachedDecoding:
+        """Generation with a KV cache: :meth:`begin_decode` / :meth:`decode`."""
+        return self
+
+    def begin_decode(self, memory: Any) -> DecodeState:
+        """Encode the previous segment once (``memory``: a ``MemformerMemory``); the new
+        segment then decodes against it."""
+        probe = memory.prev_tokens[:, :1]  # (B, 1): only batch size and device are read
+        self._check_memory(memory, probe)
+        memory = self._diagnosed(memory)
+        hidden, _, _, keys = self._critical_path(memory)
+        if self.joint:  # each block's keys and values of H, computed once per segment
+            reads = self._prefix(hidden, keys, memory.prev_len)
+            extra = {}
+            for index, block in enumerate(self.decoder if reads else ()):
+                assert isinstance(block, Block)
+                normed = block.ln_self(reads["prefix"])
+                kv = block.self_attn.prefix_kv(normed, reads["prefix_rotary"])
+                extra[f"k{index}"], extra[f"v{index}"] = kv
+            extra.update({"mask": reads["prefix_mask"]} if reads else {})
+            return DecodeState(caches=[None] * len(self.decoder), extra=extra)
+        context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
+        keys_rotary = self._context_key_rotary(hidden, memory.prev_len)
+        extra = {} if keys_rotary is None else dict(zip(("cos", "sin"), keys_rotary, strict=True))
+        return DecodeState(
+            caches=[None] * len(self.decoder),
+            context=context,
+            context_mask=context_mask,
+            extra=extra,
+        )
+
+    def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
+        self.check_decode(tokens, state)
+        n = tokens.shape[1]
+        rotary = self.rotary.span(state.length, n)  # (n, hd) each
+        mask = cache_mask(state.length, n, device=tokens.device)
+        keys_rotary = (state.extra["cos"], state.extra["sin"]) if "cos" in state.extra else None
+        prefixes = None
+        if "mask" in state.extra:  # the joint read: H's keys and values before the cache
+            prefixes = [
+                (state.extra[f"k{i}"], state.extra[f"v{i}"]) for i in range(len(self.decoder))
+            ]
+            if mask is None:  # one new token sees every key of the segment
+                mask = torch.ones(n, state.length + n, dtype=torch.bool, device=tokens.device)
+            mask = prefixed_mask(state.extra["mask"], n, mask)
+        x = self.embed_tokens(tokens)  # (B, n, d)
+        x, caches = decode_blocks(
+            self.decoder,
+            x,
+            state.caches,
+            mask=mask,
+            rotary=rotary,
+            context=state.context,
+            context_mask=state.context_mask,
+            context_rotary=self._context_rotary(keys_rotary, state.length, n),
+            capacity=self.config.segment_len,
+            prefixes=prefixes,
+        )
+        return self.logits(x), DecodeState(
+            caches=caches,
+            length=state.length + n,
+            context=state.context,
+            context_mask=state.context_mask,
+            extra=state.extra,
+        )
