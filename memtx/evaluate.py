@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,6 +53,9 @@ class EvalResult:
         ppl: perplexity per token, ``exp(loss)``.
         tokens_per_s: scoring throughput.
         peak_memory_mb: peak process memory (RSS, or CUDA allocations on GPU).
+        bits_by_position: bits per token at each position of a segment, averaged over
+            the segments (a segment's first positions lean most on the memory: a model
+            that ignores it scores them worst; empty when not measured).
     """
 
     tokens: int
@@ -62,8 +65,9 @@ class EvalResult:
     ppl: float
     tokens_per_s: float
     peak_memory_mb: float
+    bits_by_position: list[float] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -73,10 +77,6 @@ def peak_memory_mb(device: torch.device | str = "cpu") -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _sum_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
 
 
 class _AnswerScore:
@@ -154,7 +154,8 @@ def evaluate_tokens(
     model.eval()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    by_position = torch.zeros(segment_len, dtype=torch.float64, device=device)  # loss sums
+    counts = torch.zeros(segment_len, dtype=torch.float64, device=device)
     memory = model.init_memory(grid.shape[0], device=device)
     segments = -(-inputs.shape[1] // segment_len)  # ceil: the last segment may be shorter
     walk = stream(model, inputs, memory, segment_len=segment_len)
@@ -162,11 +163,17 @@ def evaluate_tokens(
     for start, out in progress_bar(
         walk, total=segments, desc="eval", unit="seg", disable=not progress, leave=False
     ):
-        total += _sum_loss(out.logits, targets[:, start : start + out.logits.shape[1]])
+        length = out.logits.shape[1]
+        losses = F.cross_entropy(
+            out.logits.float().transpose(1, 2), targets[:, start : start + length], reduction="none"
+        )  # (R, length)
+        by_position[:length] += losses.sum(0)
+        counts[:length] += losses.shape[0]
     elapsed = time.perf_counter() - began
     model.train(was_training)
     count = targets.numel()
-    loss = float(total) / count
+    loss = float(by_position.sum()) / count
+    per_position = (by_position / counts.clamp(min=1) / math.log(2)).tolist()
     bits = loss / math.log(2)
     return EvalResult(
         tokens=count,
@@ -176,6 +183,7 @@ def evaluate_tokens(
         ppl=math.exp(min(loss, 700.0)),
         tokens_per_s=count / max(elapsed, 1e-9),
         peak_memory_mb=peak_memory_mb(device),
+        bits_by_position=[b for b, n in zip(per_position, counts.tolist(), strict=True) if n],
     )
 
 

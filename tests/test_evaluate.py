@@ -33,6 +33,26 @@ def test_streamed_transformer_xl_equals_one_shot() -> None:
     assert math.isclose(result.bpc, expected / math.log(2), rel_tol=1e-5)
 
 
+def test_bits_by_position_are_the_per_position_means_of_the_one_shot_losses() -> None:
+    """Position i's figure is the mean loss (in bits) of every token at offset i of a
+    segment, the last segment shorter; their token-weighted mean is ``bits_per_token``."""
+    fields = dict(vocab_size=50, d_model=32, n_heads=2, n_layers=2, mem_len=64)
+    streamed = memtx.build("transformer_xl", segment_len=8, **fields).eval()
+    one_shot = memtx.build("transformer_xl", segment_len=64, **fields).eval()
+    one_shot.load_state_dict(streamed.state_dict())
+    tokens = np.random.default_rng(1).integers(0, 50, size=2 * 21 + 2).astype(np.uint16)
+    result = evaluate_tokens(streamed, tokens, rows=2)  # 2 rows of 21 targets: 8 + 8 + 5
+    grid = torch.from_numpy(tokens.astype(np.int64))[: 2 * 22].view(2, 22)
+    logits = one_shot.step(grid[:, :-1], one_shot.init_memory(2)).logits
+    losses = F.cross_entropy(logits.transpose(1, 2), grid[:, 1:], reduction="none") / math.log(2)
+    offsets = torch.arange(21) % 8
+    expected = [losses[:, offsets == i].mean().item() for i in range(8)]
+    assert result.bits_by_position == pytest.approx(expected, rel=1e-5)
+    weights = [(offsets == i).sum().item() for i in range(8)]
+    mean = sum(b * w for b, w in zip(result.bits_by_position, weights, strict=True)) / 21
+    assert mean == pytest.approx(result.bits_per_token, rel=1e-6)
+
+
 def test_eval_restores_training_mode_and_counts_tokens() -> None:
     model = memtx.build(
         "transformer", vocab_size=20, d_model=16, n_heads=2, n_layers=1, segment_len=4

@@ -135,6 +135,14 @@ def eval_(
             f"{split}: {result.tokens:,} tokens  bpc {result.bpc:.4f}  ppl {result.ppl:.3f}  "
             f"{result.tokens_per_s:,.0f} tokens/s  peak {result.peak_memory_mb:,.0f} MB"
         )
+        head = max(1, len(result.bits_by_position) // 8)
+        first, rest = result.bits_by_position[:head], result.bits_by_position[head:]
+        if rest:  # how much a segment's start suffers from what the memory does not carry
+            typer.echo(
+                f"  bits/token at the first {head} positions of a segment "
+                f"{sum(first) / len(first):.4f}, at the other {len(rest)} "
+                f"{sum(rest) / len(rest):.4f}"
+            )
 
 
 @app.command()
