@@ -34,7 +34,7 @@ Choices where the paper leaves room (all documented where they are made):
   segment right-aligned), so a score sees the distance ``prev_len - j + i`` back into the
   previous segment, as Transformer-XL's relative attention over its cache does. Without
   it H is a bag of encodings and the decoder cannot tell the previous segment's last
-  bytes from its first (benchmarks/memformer-probe.md: the trained model then ignores H).
+  bytes from its first (benchmarks/memformer-probe/README.md: the trained model then ignores H).
 - Decoder context (``context_attention``): ``"cross"`` is the paper's cross-attention
   to H in every decoder block. ``"joint"`` (a documented deviation) drops it: each decoder
   block's self-attention reads ``[H ; segment]`` in one softmax, H through the block's own
@@ -42,7 +42,7 @@ Choices where the paper leaves room (all documented where they are made):
   as Transformer-XL reads its cache. Why: trained on real text a cross-attention learned
   nothing from H (the decoder must learn "attend to the last bytes" a second time, with
   separate weights and a weak signal), while the joint read reuses what the segment's own
-  attention learns (benchmarks/memformer-probe.md). A fresh row reads no prefix.
+  attention learns (benchmarks/memformer-probe/README.md). A fresh row reads no prefix.
 - Writer: slot attention where slot i attends to itself and to H, never to other slots.
   Queries and keys are taken from LayerNorm'd slots and LayerNorm'd H (the pre-LN
   convention of every block here; BMN slots have unit norm, i.e. entries ~ 1/sqrt(d), so
