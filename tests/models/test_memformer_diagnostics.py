@@ -31,11 +31,13 @@ def stream_logits(model: Memformer, segments: list[torch.Tensor]) -> list[torch.
 
 
 SEGMENTS = [tokens(3, SEG, seed=seed) for seed in range(10, 15)]
+READS = ["cross", "joint"]  # model.context_attention
 
 
-def test_no_reader_equals_the_no_memory_model_with_the_same_weights() -> None:
-    model = memformer()
-    ablation = memformer(use_memory=False)
+@pytest.mark.parametrize("read", READS)
+def test_no_reader_equals_the_no_memory_model_with_the_same_weights(read: str) -> None:
+    model = memformer(context_attention=read)
+    ablation = memformer(use_memory=False, context_attention=read)
     missing, unexpected = ablation.load_state_dict(model.state_dict(), strict=False)
     assert not missing  # every weight of the ablation comes from the trained model
     assert unexpected  # the reader, writer and slot bias are what it lacks
@@ -44,8 +46,9 @@ def test_no_reader_equals_the_no_memory_model_with_the_same_weights() -> None:
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
-def test_context_masked_predicts_each_segment_from_itself_alone() -> None:
-    model = memformer()
+@pytest.mark.parametrize("read", READS)
+def test_context_masked_predicts_each_segment_from_itself_alone(read: str) -> None:
+    model = memformer(context_attention=read)
     full = stream_logits(model, SEGMENTS)
     model.set_diagnostic("context_masked")
     masked = stream_logits(model, SEGMENTS)
@@ -57,8 +60,9 @@ def test_context_masked_predicts_each_segment_from_itself_alone() -> None:
     assert all((m - f).abs().max() > 1e-3 for m, f in zip(masked[1:], full[1:]))
 
 
-def test_memory_reset_keeps_only_the_previous_segment() -> None:
-    model = memformer()
+@pytest.mark.parametrize("read", READS)
+def test_memory_reset_keeps_only_the_previous_segment(read: str) -> None:
+    model = memformer(context_attention=read)
     full = stream_logits(model, SEGMENTS)
     model.set_diagnostic("memory_reset")
     reset = stream_logits(model, SEGMENTS)
@@ -71,8 +75,9 @@ def test_memory_reset_keeps_only_the_previous_segment() -> None:
     assert (reset[3] - full[3]).abs().max() > 1e-5
 
 
-def test_diagnostics_reach_cached_generation_too() -> None:
-    model = memformer()
+@pytest.mark.parametrize("read", READS)
+def test_diagnostics_reach_cached_generation_too(read: str) -> None:
+    model = memformer(context_attention=read)
     model.set_diagnostic("context_masked")
     memory = model.init_memory(3)
     with torch.no_grad():
