@@ -115,7 +115,8 @@ class Discriminator(nn.Module):
             # Only the memory encoder (embedding, encoder blocks, writer, slot bias) is used.
             for part in (self.memformer.decoder, self.memformer.ln_out):
                 part.requires_grad_(False)
-            self.memformer.null_context.requires_grad_(False)
+            if self.memformer.null_context is not None:  # the cross-attention's only
+                self.memformer.null_context.requires_grad_(False)
             self.ln_memformer = nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
 
