@@ -27,12 +27,10 @@ train = torch.as_tensor(data.train).long()
 test = torch.as_tensor(data.test).long()
 S, B, R = 32, 16, 4
 pos = "pos" in sys.argv
+SIZES = {"vocab_size": 256, "d_model": 96, "n_heads": 4, "segment_len": S}
 model = memtx.build(
     "memformer",
-    vocab_size=256,
-    d_model=96,
-    n_heads=4,
-    segment_len=S,
+    **SIZES,
     encoder_layers=1,
     decoder_layers=2,
     memory_slots=16,
@@ -41,24 +39,9 @@ model = memtx.build(
     use_memory="nomem" not in sys.argv,
 )
 if "tf" in sys.argv:
-    model = memtx.build(
-        "transformer",
-        vocab_size=256,
-        d_model=96,
-        n_heads=4,
-        segment_len=S,
-        n_layers=int(os.environ.get("NL", "2")),
-    )
+    model = memtx.build("transformer", **SIZES, n_layers=int(os.environ.get("NL", "2")))
 if "txl" in sys.argv:
-    model = memtx.build(
-        "transformer_xl",
-        vocab_size=256,
-        d_model=96,
-        n_heads=4,
-        segment_len=S,
-        n_layers=3,
-        mem_len=S,
-    )
+    model = memtx.build("transformer_xl", **SIZES, n_layers=3, mem_len=S)
 if os.environ.get("OWN_EMB"):
     import types
 
@@ -114,15 +97,8 @@ trained = model.state_dict()
 for diag in ("none", "context_masked"):
     if "txl" in sys.argv:
         if diag != "none":
-            model = memtx.build(
-                "transformer_xl",
-                vocab_size=256,
-                d_model=96,
-                n_heads=4,
-                segment_len=S,
-                n_layers=3,
-                mem_len=0,
-            ).eval()
+            # the same weights without the cache
+            model = memtx.build("transformer_xl", **SIZES, n_layers=3, mem_len=0).eval()
             model.load_state_dict(trained)
     elif "tf" in sys.argv:
         pass
