@@ -64,6 +64,7 @@ MODELS: dict[str, tuple[str, str, list[str]]] = {
         ["task.vary_segments=false"],
     ),
     "armt_no_correction": ("ARMT, no correction", "babilong-armt.toml", ["model.correction=false"]),
+    "armt_bounded": ("ARMT, bounded write", "babilong-armt.toml", ["model.write_rule=bounded"]),
 }
 #: bAbI task -> overrides of the presets (qa1's): longer stories need longer first stages
 TASK_OVERRIDES: dict[str, list[str]] = {

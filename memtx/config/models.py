@@ -222,6 +222,14 @@ class ARMTConfig(ModelConfig):
         nu: the DPFP feature map's order; keys are ``2 * nu * d_mem`` wide.
         correction: the normaliser's correction (the paper's gamma); False adds every
             key to the normaliser in full.
+        write_rule: ``"paper"``, the authors' delta rule: the m memory tokens' updates
+            are summed, so overlapping keys can overshoot (the update of A then has an
+            eigenvalue below -1 and A grows geometrically: ~1e18 after 128 segments of
+            real text, benchmarks/armt/facts-full.md). ``"bounded"``: the normaliser is
+            updated first, each key's step is the exact interpolation
+            ``read'(k) = (1 - b) read(k) + b v``, and the summed step is scaled down
+            where the keys overlap, so the update never overshoots (not in the paper;
+            see :mod:`memtx.models.armt`).
         backbone: ``"builtin"`` (our causal blocks) or ``"hf"`` (a Hugging Face
             causal LM, ``pip install memtx[hf]``).
         hf_path: a pretrained causal LM: a local folder (config and safetensors), a
@@ -238,6 +246,7 @@ class ARMTConfig(ModelConfig):
     d_mem: int = 64
     nu: int = 3
     correction: bool = True
+    write_rule: Literal["paper", "bounded"] = "paper"
     backbone: Literal["builtin", "hf"] = "builtin"
     hf_path: str | None = None
     hf_model_type: str = "gpt2"

@@ -43,6 +43,10 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
     "rmt_gate": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "write_gate": True}),
     "rmt_hf": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "backbone": "hf"}),
     "armt": ("armt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "d_mem": 4}),
+    "armt_bounded": (
+        "armt",
+        {**COMMON, "n_layers": 2, "memory_tokens": 4, "d_mem": 4, "write_rule": "bounded"},
+    ),
     "armt_hf": (
         "armt",
         {**COMMON, "n_layers": 2, "memory_tokens": 4, "d_mem": 4, "backbone": "hf"},

@@ -284,6 +284,93 @@ def test_very_large_activations_stay_finite(scale: float) -> None:
     assert all(torch.isfinite(leaf).all() for leaf in memory_leaves(memory)[:2])
 
 
+def open_gates(model: ARMT, *, value_scale: float = 10.0) -> ARMT:
+    """Every write gate open (b ~ 1) and a large W_v: the hardest case for the delta rule."""
+    with torch.no_grad():
+        for layer in model.associative:
+            layer.gate.bias.fill_(10.0)
+            layer.value.weight.mul_(value_scale)
+    return model
+
+
+def largest_A(model: ARMT, segments: int) -> list[float]:
+    memory, sizes = model.init_memory(2), []
+    with torch.no_grad():
+        for seed in range(segments):
+            memory = model.step(tokens(2, SEG, seed=seed), memory).memory
+            sizes.append(memory.A.abs().amax().item())
+    return sizes
+
+
+@pytest.mark.parametrize("rule", ["paper", "bounded"])
+def test_rewriting_one_key_four_times_at_once(rule: str) -> None:
+    """Why ``write_rule="bounded"`` exists: four memory tokens with one key, written onto a
+    state that already holds that key (z . k = |k|^2), make the paper's summed update
+    ``A (I - 4 k k^T / |k|^2)``: A k flips sign and triples every segment. The bounded
+    rule takes the step once, so what A holds for k only moves toward the new value."""
+    layer = model_of("armt", write_rule=rule).associative[0]
+    with torch.no_grad():
+        layer.value.weight.zero_()  # v = 0: the write should erase, never amplify
+        layer.gate.bias.fill_(20.0)  # b = 1
+        h = torch.randn(1, 1, D, generator=torch.Generator().manual_seed(6)).expand(1, 4, D)
+        k = dpfp(layer.key(h[:, :1]), layer.nu)  # (1, 1, d_key)
+        A = torch.randn(1, k.shape[-1], D, generator=torch.Generator().manual_seed(7))
+        z, held = k[:, 0].clone(), []
+        for _ in range(5):
+            written = layer.write(h, A, z, fresh=torch.zeros(1, dtype=torch.bool))
+            A, z = written.A, written.z
+            held.append(torch.bmm(k, A).norm().item())
+    if rule == "paper":
+        assert held[-1] > 50 * held[0]
+    else:
+        assert held[-1] <= held[0] + 1e-6
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_bounded_write_keeps_A_bounded_with_every_gate_open(seed: int) -> None:
+    torch.manual_seed(seed)
+    model = open_gates(model_of("armt_bounded"))
+    sizes = largest_A(model, 1000)
+    assert np.isfinite(sizes).all()
+    assert max(sizes[100:]) < 10 * max(sizes[:100])
+
+
+def bounded_layer(m: int = 1, *, bias: float = 0.3):  # b = sigmoid(0.3) ~ 0.57
+    layer = model_of("armt_bounded", memory_tokens=m).associative[0]
+    with torch.no_grad():
+        layer.gate.bias.fill_(bias)
+    return layer
+
+
+def test_the_bounded_write_of_one_key_interpolates_its_read_exactly() -> None:
+    layer, gen = bounded_layer(), torch.Generator().manual_seed(4)
+    d_key = 2 * layer.nu * layer.key.out_features
+    A, z = torch.randn(2, d_key, D, generator=gen), torch.rand(2, d_key, generator=gen)
+    h = 5 * torch.randn(2, 1, D, generator=gen)  # |k|^2 >> eps: exact up to the guard
+    with torch.no_grad():
+        after = layer.write(h, A, z, fresh=torch.zeros(2, dtype=torch.bool))
+        k = dpfp(layer.key(h), layer.nu)  # (2, 1, d_key)
+        v, b = layer.value(h), torch.sigmoid(layer.gate(h))
+        before = torch.bmm(k, A) / (torch.bmm(k, after.z.unsqueeze(-1)) + EPS)  # under z'
+        read = torch.bmm(k, after.A) / (torch.bmm(k, after.z.unsqueeze(-1)) + EPS)
+    torch.testing.assert_close(read, (1 - b) * before + b * v, rtol=1e-4, atol=1e-4)
+
+
+def test_the_bounded_write_of_m_copies_of_one_key_is_one_write() -> None:
+    one, four = bounded_layer(1, bias=20.0), bounded_layer(4, bias=20.0)  # b = 1
+    four.load_state_dict(one.state_dict())
+    h = torch.randn(2, 1, D, generator=torch.Generator().manual_seed(5))
+    A, z = torch.zeros(2, 2 * 3 * 4, D), torch.zeros(2, 2 * 3 * 4)  # d_key = 2 nu d_mem
+    fresh = torch.ones(2, dtype=torch.bool)
+    with torch.no_grad():
+        q = dpfp(one.query(h), one.nu)
+        reads = []
+        for layer, copies in ((one, h), (four, h.expand(2, 4, D))):
+            written = layer.write(copies, A, z, fresh=fresh)
+            reads.append(torch.bmm(q, written.A) / (torch.bmm(q, written.z.unsqueeze(-1)) + EPS))
+    torch.testing.assert_close(reads[1], reads[0], rtol=1e-4, atol=1e-5)
+
+
 def test_bf16_autocast_keeps_the_state_in_float32() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_of("armt").to(device)
