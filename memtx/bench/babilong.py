@@ -65,6 +65,11 @@ MODELS: dict[str, tuple[str, str, list[str]]] = {
     ),
     "armt_no_correction": ("ARMT, no correction", "babilong-armt.toml", ["model.correction=false"]),
     "armt_bounded": ("ARMT, bounded write", "babilong-armt.toml", ["model.write_rule=bounded"]),
+    "armt_closed": (
+        "ARMT, bounded write, gates start closed",
+        "babilong-armt.toml",
+        ["model.write_rule=bounded", "model.gate_bias=-4.0"],
+    ),
 }
 #: bAbI task -> overrides of the presets (qa1's): longer stories need longer first stages
 TASK_OVERRIDES: dict[str, list[str]] = {

@@ -230,6 +230,10 @@ class ARMTConfig(ModelConfig):
             ``read'(k) = (1 - b) read(k) + b v``, and the summed step is scaled down
             where the keys overlap, so the update never overshoots (not in the paper;
             see :mod:`memtx.models.armt`).
+        gate_bias: the write gate's initial bias (``b = sigmoid(W_b h + bias)``); None
+            keeps ``nn.Linear``'s init, as the authors do (b ~ 0.5). A negative value
+            starts with writes nearly closed (-4: b ~ 0.02), so what the memory writes on a
+            segment without anything to keep starts near nothing.
         backbone: ``"builtin"`` (our causal blocks) or ``"hf"`` (a Hugging Face
             causal LM, ``pip install memtx[hf]``).
         hf_path: a pretrained causal LM: a local folder (config and safetensors), a
@@ -247,6 +251,7 @@ class ARMTConfig(ModelConfig):
     nu: int = 3
     correction: bool = True
     write_rule: Literal["paper", "bounded"] = "paper"
+    gate_bias: float | None = None
     backbone: Literal["builtin", "hf"] = "builtin"
     hf_path: str | None = None
     hf_model_type: str = "gpt2"

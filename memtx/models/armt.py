@@ -60,9 +60,10 @@ makes them unless said otherwise:
   row whose ``reset`` flag is set reads A = 0, z = 0 (the read adds exactly 0) and writes
   with g = 1, the same numbers, per row, so streams in one batch may start anywhere.
 - Init: ``W_q``, ``W_k`` (d -> d_mem, no bias) and ``W_b`` (d -> 1, with bias) keep
-  PyTorch's ``nn.Linear`` init, as the authors' do; ``W_v`` (d -> d, no bias) starts at
-  zero, so a new model's first writes store nothing and it starts as its backbone. The
-  memory tokens are N(0, s) with s the backbone's embedding scale (RMT's).
+  PyTorch's ``nn.Linear`` init, as the authors' do (``gate_bias`` sets W_b's bias);
+  ``W_v`` (d -> d, no bias) starts at zero, so a new model's first writes store nothing
+  and it starts as its backbone. The memory tokens are N(0, s) with s the backbone's
+  embedding scale (RMT's).
 - Layers are indexed 0 .. n_layers - 1 as the backbone's blocks; every layer has its own
   projections and state, and all share ``nu`` and ``d_mem``.
 - Precision: A and z are kept in float32 (float64 for a float64 model) whatever the
@@ -158,7 +159,14 @@ class AssociativeLayer(nn.Module):
     """The projections of one layer's associative memory, and its read and write."""
 
     def __init__(
-        self, d_model: int, d_mem: int, nu: int, *, correction: bool, rule: str = "paper"
+        self,
+        d_model: int,
+        d_mem: int,
+        nu: int,
+        *,
+        correction: bool,
+        rule: str = "paper",
+        gate_bias: float | None = None,
     ) -> None:
         super().__init__()
         self.nu, self.correction, self.rule = nu, correction, rule
@@ -167,6 +175,8 @@ class AssociativeLayer(nn.Module):
         self.value = nn.Linear(d_model, d_model, bias=False)  # W_v
         self.gate = nn.Linear(d_model, 1)  # W_b
         nn.init.zeros_(self.value.weight)
+        if gate_bias is not None:
+            nn.init.constant_(self.gate.bias, gate_bias)
 
     def _project(self, linear: nn.Linear, h: Tensor, dtype: torch.dtype) -> Tensor:
         """``linear(h)`` in the parameters' dtype, returned in the state's ``dtype``."""
@@ -259,6 +269,7 @@ class ARMT(SegmentLM):
                 config.nu,
                 correction=config.correction,
                 rule=config.write_rule,
+                gate_bias=config.gate_bias,
             )
             for _ in range(backbone.n_layers)
         ).to(backbone.dtype)

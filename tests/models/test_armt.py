@@ -371,6 +371,15 @@ def test_the_bounded_write_of_m_copies_of_one_key_is_one_write() -> None:
     torch.testing.assert_close(reads[1], reads[0], rtol=1e-4, atol=1e-5)
 
 
+def test_gate_bias_starts_the_writes_closed() -> None:
+    x = tokens(2, SEG)
+    with torch.no_grad():
+        default = model_of("armt").step(x, model_of("armt").init_memory(2)).aux["write_gate"]
+        closed_model = memtx.build(SMALL["armt"][0], **{**SMALL["armt"][1], "gate_bias": -4.0})
+        closed = closed_model.step(x, closed_model.init_memory(2)).aux["write_gate"]
+    assert closed.max() < 0.05 < default.min()
+
+
 def test_bf16_autocast_keeps_the_state_in_float32() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_of("armt").to(device)
