@@ -70,6 +70,17 @@ MODELS: dict[str, tuple[str, str, list[str]]] = {
         "babilong-armt.toml",
         ["model.write_rule=bounded", "model.gate_bias=-4.0"],
     ),
+    "armt_deep": (
+        "ARMT, bounded write, 4 layers",
+        "babilong-armt.toml",
+        ["model.write_rule=bounded", "model.n_layers=4"],
+    ),
+    "armt_floor": (
+        "ARMT, bounded write, floored read",
+        "babilong-armt.toml",
+        ["model.write_rule=bounded", "model.read_floor=true"],
+    ),
+    "rmt_gate": ("RMT, write gate", "babilong-rmt.toml", ["model.write_gate=true"]),
 }
 #: bAbI task -> overrides of the presets (qa1's): longer stories need longer first stages
 TASK_OVERRIDES: dict[str, list[str]] = {

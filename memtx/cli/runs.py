@@ -153,12 +153,27 @@ def demo(
     ] = Path("runs/demo"),
     config: Annotated[Path, typer.Option(help="Preset to train.")] = Path("configs/demo.toml"),
     set_: SetOption = None,
+    memory: Annotated[
+        bool, typer.Option(help="Then let the shipped ARMT find a story in a long haystack.")
+    ] = True,
+    haystack_tokens: Annotated[
+        int, typer.Option(help="Length of that haystack in tokens (a multiple of 64).")
+    ] = 1 << 20,
 ) -> None:
-    """The main job on the bundled defaults: train the demo preset on shakespeare, evaluate it."""
+    """The main job on the bundled defaults: train the demo preset on shakespeare, evaluate
+    it; then memory at work: a small shipped ARMT reads one bAbI story hidden in about a
+    million tokens of held-out text and answers its question from memory."""
 
+    from memtx.haystack import DEMO_RUN, memory_demo
     from memtx.train import run_demo
 
+    if memory and not DEMO_RUN.is_dir():
+        fail(f"the demo's ARMT is missing from {DEMO_RUN}; run with --no-memory")
+    if memory and (haystack_tokens < 1024 or haystack_tokens % 64):
+        fail(f"--haystack-tokens must be a multiple of 64 and >= 1024, got {haystack_tokens}")
     run_demo(config=config, out_dir=out, overrides=set_ or [], echo=typer.echo)
+    if memory:
+        memory_demo(length=haystack_tokens, echo=typer.echo)
 
 
 @app.command()

@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from memtx.cli import app
+from memtx.haystack import DEMO_RUN
 from tests.helpers import TINY
 
 runner = CliRunner()
@@ -57,9 +58,18 @@ def test_inspect(tmp_path: Path) -> None:
 def test_demo(tmp_path: Path) -> None:
     settings = _sets("train.steps=2", "train.eval_tokens=500", "train.batch_size=4")
     run = tmp_path / "demo"
-    out = _invoke("demo", "--config", "configs/demo.toml", "--out", str(run), *settings)
+    memory = ["--haystack-tokens", "4096"] if DEMO_RUN.is_dir() else ["--no-memory"]
+    out = _invoke("demo", "--config", "configs/demo.toml", "--out", str(run), *settings, *memory)
     assert "before training" in out and "after training" in out
     assert (run / "loss.png").stat().st_size > 0
+    if DEMO_RUN.is_dir():
+        assert "memory at work" in out and "tokens/s" in out and "KB" in out
+
+
+@pytest.mark.parametrize("tokens", ["1000", "100"])
+def test_demo_refuses_a_bad_haystack_length_before_training(tmp_path: Path, tokens: str) -> None:
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--haystack-tokens", tokens])
+    assert result.exit_code == 2 and not (tmp_path / "d").exists()
 
 
 #: The bundled ELECTRA preset shrunk to seconds (bytes, one block, three steps).

@@ -45,7 +45,14 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
     "armt": ("armt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "d_mem": 4}),
     "armt_bounded": (
         "armt",
-        {**COMMON, "n_layers": 2, "memory_tokens": 4, "d_mem": 4, "write_rule": "bounded"},
+        {
+            **COMMON,
+            "n_layers": 2,
+            "memory_tokens": 4,
+            "d_mem": 4,
+            "write_rule": "bounded",
+            "read_floor": True,
+        },
     ),
     "armt_hf": (
         "armt",

@@ -371,6 +371,30 @@ def test_the_bounded_write_of_m_copies_of_one_key_is_one_write() -> None:
     torch.testing.assert_close(reads[1], reads[0], rtol=1e-4, atol=1e-5)
 
 
+def test_the_read_floor_leaves_written_keys_alone_and_bounds_unwritten_directions() -> None:
+    plain = model_of("armt").associative[0]
+    floored = model_of("armt", read_floor=True).associative[0]
+    with torch.no_grad():
+        plain.query.weight.copy_(plain.key.weight)  # a query at a key's input is that key
+    floored.load_state_dict(plain.state_dict())
+    gen = torch.Generator().manual_seed(8)
+    h = 5 * torch.randn(2, M, D, generator=gen)
+    d_key = 2 * plain.nu * plain.key.out_features
+    empty = torch.zeros(2, d_key, D), torch.zeros(2, d_key)
+    with torch.no_grad():
+        written = plain.write(h, *empty, fresh=torch.ones(2, dtype=torch.bool))
+        key_in = h[:, :1]  # a written key: z . k >= |k|^2, so the floor changes nothing
+        same = [layer.read(key_in, written.A, written.z) for layer in (plain, floored)]
+        torch.testing.assert_close(same[1], same[0])
+        # z empty where A is not: the paper's read divides by eps, the floored one by |q|^2
+        A, z = torch.randn(2, d_key, D, generator=gen), torch.zeros(2, d_key)
+        q_in = torch.randn(2, 3, D, generator=gen)
+        wild, tame = ((layer.read(q_in, A, z) - q_in).abs().amax() for layer in (plain, floored))
+        q = dpfp(floored.query(q_in), floored.nu)
+        bound = (A.flatten(1).norm(dim=1).amax() / q.norm(dim=-1).amin()).item()
+    assert tame <= bound < wild
+
+
 def test_gate_bias_starts_the_writes_closed() -> None:
     x = tokens(2, SEG)
     with torch.no_grad():
