@@ -167,11 +167,11 @@ def demo(
     from memtx.haystack import DEMO_RUN, memory_demo
     from memtx.train import run_demo
 
+    if memory and (haystack_tokens < 1024 or haystack_tokens % 64):
+        fail(f"--haystack-tokens must be a multiple of 64 and >= 1024, got {haystack_tokens}")
     if memory and not DEMO_RUN.is_dir():
         typer.echo(f"(memory at work skipped: the demo's ARMT is not in {DEMO_RUN})")
         memory = False
-    if memory and (haystack_tokens < 1024 or haystack_tokens % 64):
-        fail(f"--haystack-tokens must be a multiple of 64 and >= 1024, got {haystack_tokens}")
     run_demo(config=config, out_dir=out, overrides=set_ or [], echo=typer.echo)
     if memory:
         memory_demo(length=haystack_tokens, echo=typer.echo)
