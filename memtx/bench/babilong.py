@@ -80,6 +80,11 @@ MODELS: dict[str, tuple[str, str, list[str]]] = {
         "babilong-armt.toml",
         ["model.write_rule=bounded", "model.read_floor=true"],
     ),
+    "armt_wide": (
+        "ARMT, bounded write, wide keys (d_mem 64, nu 3, 16 memory tokens)",
+        "babilong-armt.toml",
+        ["model.write_rule=bounded", "model.d_mem=64", "model.nu=3", "model.memory_tokens=16"],
+    ),
     "rmt_gate": ("RMT, write gate", "babilong-rmt.toml", ["model.write_gate=true"]),
 }
 #: bAbI task -> overrides of the presets (qa1's): longer stories need longer first stages
