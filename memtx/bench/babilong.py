@@ -384,7 +384,9 @@ def write_report(
         "`task.vary_segments` (each batch draws its number of segments from the first",
         "stage's to the stage's), fresh train-split background every step, the loss on the",
         "answer only; ARMT with its normaliser's correction. Chance is 1/6 for qa1 (six",
-        "places); exact match at length 0 is the story alone, without background.",
+        "places); exact match at length 0 is the story alone, without background. The",
+        "rows after a model's first are its ablations, each the preset with the overrides",
+        "of `memtx.bench.babilong.MODELS` (write rule, read floor, gate init, depth, keys).",
     ]
     if command:
         lines += ["", "Made by:", "", f"    {command}"]

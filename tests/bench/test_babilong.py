@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import memtx.evaluate
-from memtx.bench.babilong import bench_babilong, length_label
+from memtx.bench.babilong import MODELS, TASK_OVERRIDES, bench_babilong, length_label, run_config
 from memtx.cli import app
 
 TINY = [
@@ -132,3 +132,16 @@ def test_the_verb_end_to_end(tmp_path: Path) -> None:
     assert (runs / "transformer-qa1" / "loss.png").exists()
     text = (out / "babilong.md").read_text()
     assert "| Transformer (no memory) | qa1 |" in text and "Made by:" in text
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_every_row_is_its_preset_with_overrides_that_apply(model: str) -> None:
+    label, _, overrides = MODELS[model]
+    for qa in TASK_OVERRIDES:
+        run = run_config(model, qa)
+        assert run.model.name in model and run.task is not None and run.task.qa == qa
+    for override in overrides:  # each override is in the config it made
+        section, rest = override.split(".", 1)
+        key, value = rest.split("=", 1)
+        got = getattr(getattr(run, section), key)
+        assert str(got).lower() == value.lower() or float(got) == float(value), (label, override)
