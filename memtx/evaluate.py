@@ -246,12 +246,13 @@ def evaluate_task(
 
 
 class ByteRowTask(Protocol):
-    """A task whose rows come as bytes with the answer last (``BabilongTask``)."""
+    """A task whose rows come as bytes with the answer near the end (``BabilongTask``)."""
 
     total_len: int
 
     def byte_rows(self, batch: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens [B, N+1] uint8 and each row's answer length [B]."""
+        """Tokens [B, N+1] uint8 and each row's answer as targets ``first .. stop - 1``
+        [B, 2] (target j is token j + 1)."""
         ...
 
 
@@ -306,10 +307,10 @@ def evaluate_haystacks(
     began = time.perf_counter()
     try:
         for first in range(0, samples, batch_size):
-            tokens, answer_lens = task.byte_rows(min(batch_size, samples - first), generator)
+            tokens, spans = task.byte_rows(min(batch_size, samples - first), generator)
             batch, length = tokens.shape[0], tokens.shape[1] - 1  # N inputs per row
             # target j (= token j + 1) is scored when it is among the row's answer tokens
-            answer_from = torch.from_numpy(length - answer_lens).to(device)  # (B,)
+            answer_from, answer_to = torch.from_numpy(spans).to(device).unbind(1)  # (B,) each
             memory = model.init_memory(batch, device=device)
             score.start_rows(batch, device)
             for begin in range(0, length, chunk):
@@ -321,7 +322,9 @@ def evaluate_haystacks(
                     if at + width <= int(answer_from.min()):
                         continue  # no answer token in this segment
                     positions = torch.arange(at, at + width, device=device)
-                    scored_here = positions[None, :] >= answer_from[:, None]  # (B, L)
+                    scored_here = (positions[None, :] >= answer_from[:, None]) & (
+                        positions[None, :] < answer_to[:, None]
+                    )  # (B, L)
                     score.add(out.logits, piece[:, start + 1 : start + 1 + width], scored_here)
                 if bar is not None:
                     bar.update(batch * (end - begin))

@@ -94,7 +94,8 @@ def answer_haystack(
         noise=background,
     )
     row, story = task.row(seed)
-    prompt = torch.from_numpy(row[: len(row) - len(story.answer)].astype(np.int64))[None]
+    answer_at = len(row) - task.pad_of(story) - len(story.answer)  # the answer's first byte
+    prompt = torch.from_numpy(row[:answer_at].astype(np.int64))[None]
     began = time.perf_counter()
     context = start_context(model)
     with progress_bar(

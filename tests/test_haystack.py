@@ -31,11 +31,12 @@ def test_the_chunked_read_answers_as_one_shot_generation_does() -> None:
         total_len=length, segments=40, segment_len=SEG, seed=seed, qa="qa1", noise=NOISE
     )
     row, story = task.row(seed)
-    prompt = torch.from_numpy(row[: len(row) - len(story.answer)].astype(np.int64))[None]
+    answer_at = len(row) - task.pad_of(story) - len(story.answer)
+    prompt = torch.from_numpy(row[:answer_at].astype(np.int64))[None]
     new = len(result.output)
     whole = generate(model, prompt, max_new_tokens=new, sampler=Sampler(temperature=0))
     assert bytes(whole[0, -new:].tolist()).decode("ascii", "replace") == result.output
-    assert result.tokens_read == prompt.shape[1] == length + 1 - len(story.answer)
+    assert result.tokens_read == prompt.shape[1] == length + 1 - task.answer_len
     assert (result.facts, result.expected) == (story.facts, story.answer)
     assert result.question == story.question and result.seconds > 0
     A, z = model.init_memory(1)[:2]
