@@ -26,7 +26,7 @@ model with open gates; ~1e18 after 128 segments of real text). The bounded rule:
 - updates the normaliser first, ``z' = z + sum_i g_i k_i``, and reads ``v_old`` with it:
   ``v_old = A k / (z' . k + eps)``;
 - gives each key the step that makes its own read an exact interpolation,
-  ``A k' / (z' . k) = (1 - b) v_old + b v``: ``A += eta sum_i b_i (z' . k_i) / |k_i|^2
+  ``A' k / (z' . k) = (1 - b) v_old + b v``: ``A += eta sum_i b_i (z' . k_i) / |k_i|^2
   (v_i - v_old_i) k_i^T``;
 - with ``eta = min(1, 1 / max_i b_i (k_i . sum_j k_j) / |k_i|^2)`` (detached): a bound on
   the largest eigenvalue of ``sum_i b_i k_i k_i^T / |k_i|^2`` (Gershgorin; features are
