@@ -91,10 +91,13 @@ def test_scored_positions_are_exactly_the_answer(name: str) -> None:
     assert (lengths >= 1).all() and (lengths <= task.answer_len).all()
     if name != "babilong":
         assert (lengths == task.answer_len).all()
-    # The answer is the end of the sequence: the last targets, nothing else.
+    # The answer is the end of the sequence: the last targets, nothing else (babilong: then
+    # the pad spaces that make every answer answer_len long, unscored).
     expected = torch.zeros_like(sample.answer_mask)
     for row, length in enumerate(lengths.tolist()):
-        expected[row, -length:] = True
+        pad = task.answer_len - length if name == "babilong" else 0
+        end = expected.shape[1] - pad
+        expected[row, end - length : end] = True
     assert torch.equal(sample.answer_mask, expected)
     # Teacher forcing: a scored target is the next input token (except the very last).
     scored = sample.answer_mask[:, :-1]
