@@ -19,7 +19,7 @@ import torch
 
 from memtx.errors import ConfigError
 from memtx.generate import Generation, Sampler
-from memtx.models.protocol import SegmentModel, memory_leaves
+from memtx.models.protocol import SegmentModel, memory_nbytes
 from memtx.progress import progress_bar
 from memtx.reading import read, start_context
 
@@ -110,7 +110,7 @@ def answer_haystack(
     output = bytes(int(token) for token in torch.cat(list(greedy))).decode("ascii", "replace")
     seconds = time.perf_counter() - began
     found = [label for label in LABELS[qa] if output.startswith(label)]
-    size = sum(leaf.numel() * leaf.element_size() for leaf in memory_leaves(context.memory))
+    size = memory_nbytes(context.memory)
     return HaystackAnswer(
         facts=story.facts,
         question=story.question,

@@ -32,7 +32,7 @@ import memtx
 from memtx import snapshot
 from memtx.data import load_tokenizer
 from memtx.generate import Generation, Sampler
-from memtx.models.protocol import SegmentModel, memory_leaves
+from memtx.models.protocol import SegmentModel, memory_nbytes
 from memtx.reading import Context, next_logits, read, start_context
 from memtx.train import load_trained
 
@@ -118,9 +118,7 @@ def measure_sizes(*, tokens: int, folder: Path) -> list[dict[str, Any]]:
             model, torch.randint(0, 256, (1, 3 * DEMO["segment_len"] + 5)), start_context(model)
         )
         path = snapshot.save(folder / f"{name}.mem", model=model, context=context)
-        memory_bytes = sum(
-            leaf.numel() * leaf.element_size() for leaf in memory_leaves(context.memory)
-        )
+        memory_bytes = memory_nbytes(context.memory)
         layers, width = DEMO["n_layers"], DEMO["d_model"]
         rows.append(
             {

@@ -139,6 +139,11 @@ def memory_leaves(memory: Memory) -> list[Tensor]:
     )
 
 
+def memory_nbytes(memory: Memory) -> int:
+    """Bytes the tensors of a memory value hold (all rows)."""
+    return sum(leaf.numel() * leaf.element_size() for leaf in memory_leaves(memory))
+
+
 def map_memory(fn: Callable[[Tensor], Tensor], memory: Memory) -> Memory:
     """Apply ``fn`` to every tensor of ``memory``, keeping its structure."""
     if isinstance(memory, Tensor):

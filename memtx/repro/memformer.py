@@ -192,7 +192,7 @@ def measure_inference(
 
     from memtx.bench.common import count_flops
     from memtx.evaluate import evaluate_tokens
-    from memtx.models.protocol import memory_leaves
+    from memtx.models.protocol import memory_nbytes
     from memtx.recurrence import stream
     from memtx.train import load_trained
 
@@ -225,7 +225,7 @@ def measure_inference(
         for _, out in stream(model, grid[:, :whole], memory, segment_len=segment):
             memory = out.memory
     with torch.no_grad():
-        state_bytes = sum(t.numel() * t.element_size() for t in memory_leaves(memory))
+        state_bytes = memory_nbytes(memory)
         last = grid[:, :segment]
         flops = count_flops(lambda: model.step(last, memory))
     return {
