@@ -29,7 +29,7 @@ demo: install
 # One thread per process, two test workers (one per core): the tests are small, and
 # several spawn processes of their own.
 test: install
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist worksteal
 
 # A longer fault-injection run, by hand: 25 SIGKILLs over a 4000-step run, and the rest of
 # the reliability suite.

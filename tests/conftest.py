@@ -22,3 +22,17 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 
 _hypothesis_settings.register_profile("memtx", derandomize=True, deadline=None)
 _hypothesis_settings.load_profile("memtx")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow and multi-process tests first (a stable sort, the same on every worker).
+
+    Under ``pytest -n 2`` a long test that starts last sets the wall time on its own; the
+    short ones then fill the other worker (``--dist worksteal`` in the Makefile).
+    """
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("slow") is None
+            and item.get_closest_marker("distributed") is None
+        )
+    )

@@ -58,6 +58,7 @@ def test_loglikelihood_is_the_streamed_sum_over_segments(run_dir) -> None:
     assert score == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_the_harness_runs_local_multiple_choice_and_generation_tasks(
     run_dir, tmp_path, monkeypatch
 ) -> None:

@@ -52,6 +52,7 @@ def test_bad_lengths_are_config_errors(length: int, message: str) -> None:
         answer_haystack(tiny_armt(), background=NOISE, length=length, seed=0, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEMO_RUN.is_dir(), reason="the demo's ARMT is not shipped")
 def test_the_shipped_model_finds_stories_in_its_haystacks() -> None:
     """The demo's checkpoint (<= 5 MB) loads and answers 4K-token haystacks at over 2x chance."""

@@ -68,6 +68,7 @@ def test_wrapping_smollm2_does_not_change_its_logits(smollm2, name, monkeypatch)
     assert diff <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_PEFT, reason="peft")
 def test_generation_from_a_fine_tuned_rmt_smollm2_run_is_greedy_recomputation(
     smollm2, tmp_path

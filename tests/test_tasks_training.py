@@ -245,6 +245,7 @@ def shakespeare():
     return prepare_data(DataConfig())
 
 
+@pytest.mark.slow
 def test_a_tiny_rmt_learns_babilong_qa1_at_two_segments(tmp_path: Path, shakespeare) -> None:
     from memtx.train import evaluate_task_run
 

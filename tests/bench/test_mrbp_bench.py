@@ -28,6 +28,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_table_plot_and_json(tmp_path: Path) -> None:
     rows = run_mrbp_benchmark(
         out_dir=tmp_path,

@@ -38,6 +38,7 @@ def _importable(package: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in PEER_MODULES[package])
 
 
+@pytest.mark.slow
 def test_peers_table_tiny(tmp_path: Path) -> None:
     rows = run_peers_benchmark(
         out_dir=tmp_path, steps=1, warmup=0, threads=1, progress=False, sizes=TINY, jobs=2

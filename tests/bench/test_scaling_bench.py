@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from memtx.bench.scaling import run_scaling_benchmark
 
 
+@pytest.mark.slow
 def test_scaling_table_and_plot(tmp_path: Path) -> None:
     rows = run_scaling_benchmark(
         out_dir=tmp_path,

@@ -47,6 +47,7 @@ def _newest_step(run_dir: Path) -> int:
     return int(dirs[-1].name.split("-")[1]) if dirs else 0
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_resumes_bit_identically(tmp_path: Path) -> None:
     from memtx.data.corpora import shakespeare_dir
 

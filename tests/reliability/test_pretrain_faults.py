@@ -75,6 +75,7 @@ def _pretrain_cli(out: Path, args: list[str]) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_three_times_resumes_bit_identically(tmp_path: Path, corpus: Path) -> None:
     settings = _settings(
         corpus, "pretrain.steps=400", "pretrain.checkpoint_every=5", "pretrain.keep_checkpoints=2"
@@ -103,6 +104,7 @@ def test_sigkill_three_times_resumes_bit_identically(tmp_path: Path, corpus: Pat
     assert len(_losses(out)) == 400
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_then_resume_continues(tmp_path: Path, corpus: Path) -> None:
     settings = _settings(corpus, "pretrain.steps=3000", "pretrain.checkpoint_every=0")
     out = tmp_path / "run"

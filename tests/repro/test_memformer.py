@@ -13,6 +13,7 @@ from memtx.repro.memformer import repro_memformer
 TINY = ["model.d_model=32", "train.warmup_steps=1"]
 
 
+@pytest.mark.slow
 def test_repro_memformer_tiny(tmp_path: Path) -> None:
     kwargs = dict(
         out_dir=tmp_path / "bench",
