@@ -94,7 +94,7 @@ def answer_haystack(
         noise=background,
     )
     row, story = task.row(seed)
-    answer_at = len(row) - task.pad_of(story) - len(story.answer)  # the answer's first byte
+    answer_at, _ = task.answer_span(story)  # the answer's first byte
     prompt = torch.from_numpy(row[:answer_at].astype(np.int64))[None]
     began = time.perf_counter()
     context = start_context(model)
@@ -132,7 +132,7 @@ def memory_demo(
     echo=print,
 ) -> HaystackAnswer:
     """``memtx demo``'s second part: the shipped model finds one story in ``length`` tokens."""
-    from memtx.bench.babilong import eval_background, haystack_background
+    from memtx.data.tasks.backgrounds import eval_background, haystack_background
     from memtx.train import load_trained
 
     torch_threads = torch.get_num_threads()

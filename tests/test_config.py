@@ -107,3 +107,16 @@ def test_override_parser_never_crashes_unexpectedly(item: str) -> None:
         load_run_config(None, overrides=[item])
     except ConfigError as exc:
         assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize("alpha", ["16", "16.0", "0.5"])
+def test_lora_alpha_is_any_positive_number(alpha: str) -> None:
+    # A run saved with ``"lora_alpha": 16.0`` (session 5) failed to load while it was an int.
+    run = load_run_config(None, overrides=[f"train.lora_alpha={alpha}"])
+    assert run.train.lora_alpha == float(alpha)
+
+
+@pytest.mark.parametrize("alpha", ["0", "-1.0"])
+def test_lora_alpha_must_be_positive(alpha: str) -> None:
+    with pytest.raises(ConfigError, match=r"train\.lora_alpha must be > 0"):
+        load_run_config(None, overrides=[f"train.lora_alpha={alpha}"])

@@ -58,7 +58,7 @@ def test_the_shipped_model_finds_stories_in_its_haystacks() -> None:
     """The demo's checkpoint (<= 5 MB) loads and answers 4K-token haystacks at over 2x chance."""
     size = sum(path.stat().st_size for path in DEMO_RUN.rglob("*") if path.is_file())
     assert size <= 5 * 2**20
-    from memtx.bench.babilong import eval_background
+    from memtx.data.tasks.backgrounds import eval_background
     from memtx.train import load_trained
 
     memory_demo(length=4096, seed=0, progress=False, echo=lambda _: None)  # the demo's path

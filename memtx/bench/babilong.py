@@ -32,7 +32,12 @@ from typing import Any
 import numpy as np
 
 from memtx.bench.common import markdown_table
-from memtx.config import DataConfig, RunConfig, load_run_config
+from memtx.config import RunConfig, load_run_config
+from memtx.data.tasks.backgrounds import (
+    background_note,
+    eval_background,
+    haystack_background,
+)
 from memtx.errors import ConfigError
 
 __all__ = [
@@ -41,8 +46,6 @@ __all__ = [
     "MODELS",
     "TASK_OVERRIDES",
     "bench_babilong",
-    "eval_background",
-    "haystack_background",
     "length_label",
     "write_report",
 ]
@@ -112,35 +115,6 @@ def run_config(model: str, qa: str, *, overrides: Sequence[str] = (), configs: P
     overrides."""
     _, preset, extra = MODELS[model]
     return load_run_config(configs / preset, overrides=[*extra, *TASK_OVERRIDES[qa], *overrides])
-
-
-def eval_background(corpus: str | None) -> tuple[np.ndarray, str]:
-    """Held-out background for the haystacks and a note saying what it is: the corpus's
-    valid + test documents concatenated (see :func:`haystack_background` for longer)."""
-    from memtx.data import prepare_data
-
-    data = prepare_data(DataConfig(corpus=corpus or "shakespeare"))
-    held_out = np.concatenate([data.valid, data.test])
-    if len(held_out) < 2:
-        raise ConfigError(f"corpus {corpus!r} has no held-out (valid/test) documents")
-    name = corpus or "shakespeare"
-    return held_out, f"{name} valid+test documents ({len(held_out):,} bytes, never trained on)"
-
-
-def haystack_background(held_out: np.ndarray, note: str, length: int) -> tuple[np.ndarray, str]:
-    """The background of haystacks of ``length`` tokens: the held-out text itself, or,
-    when a haystack needs more, that text repeated (and the note says how often). Shorter
-    haystacks never see the repetition, whatever the longest length of a run."""
-    copies = _copies(len(held_out), length)
-    return (np.tile(held_out, copies) if copies > 1 else held_out), _note(note, copies)
-
-
-def _copies(held_out: int, length: int) -> int:
-    return max(1, math.ceil((length + 2) / held_out))
-
-
-def _note(note: str, copies: int) -> str:
-    return note if copies == 1 else f"{note}; repeated ({copies} copies) to fill the haystack"
 
 
 def _ensure_trained(run: RunConfig, run_dir: Path, echo: Callable[[str], None]) -> None:
@@ -258,7 +232,7 @@ def bench_babilong(
 
     def fresh(model: str, qa: str, length: int, count: int) -> bool:
         cell = cells.get(f"{model}/{qa}/{length}")
-        note = _note(base_note, _copies(len(held_out), length))
+        note = background_note(base_note, held_out=len(held_out), length=length)
         return cell is not None and cell["samples"] == count and cell["background"] == note
 
     todo = [p for p in plans if not fresh(p[0], p[1], p[2], p[5])]

@@ -83,7 +83,7 @@ class TrainConfig(Checked):
     check_memory: bool = False
     trainable: Literal["all", "memory", "memory+lora"] = "all"
     lora_rank: int = 8
-    lora_alpha: int = 16
+    lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ()
 
@@ -91,7 +91,8 @@ class TrainConfig(Checked):
         for name in ("steps", "batch_size", "rollout", "truncate", "keep_checkpoints"):
             self._at_least(name, 1)
         self._at_least("lora_rank", 1)
-        self._at_least("lora_alpha", 1)
+        if not self.lora_alpha > 0:
+            raise ConfigError(f"{self._key('lora_alpha')} must be > 0, got {self.lora_alpha}")
         self._in_range("lora_dropout", 0.0, 1.0)
         for name in ("warmup_steps", "eval_every", "eval_tokens", "checkpoint_every"):
             self._at_least(name, 0)

@@ -341,3 +341,14 @@ def test_byte_rows_are_the_rows_of_sample() -> None:
     assert torch.equal(torch.from_numpy(tokens[:, :-1]).long(), sample.inputs)
     for row, (first, stop) in enumerate(spans.tolist()):  # the scored targets, no more
         assert sample.answer_mask[row].nonzero().flatten().tolist() == list(range(first, stop))
+
+
+@pytest.mark.parametrize("qa", QA_TASKS)
+def test_answer_span_is_the_answer_then_only_its_pad(qa: str) -> None:
+    task = task_of(qa)
+    for seed in range(20):
+        row, story = task.row(seed)
+        start, end = task.answer_span(story)
+        assert bytes(row[start:end].tolist()).decode("ascii") == story.answer
+        assert bytes(row[end:].tolist()) == b" " * task.pad_of(story)
+        assert row[start - 1] == ord(" ") and bytes(row[:start]).rstrip().endswith(b"?")

@@ -404,9 +404,15 @@ class BabilongTask(Task):
         seeds = torch.randint(0, 2**62, (batch,), generator=generator).tolist()
         for row, seed in enumerate(seeds):
             tokens[row], story = self.row(seed)
-            stop = self.total_len - self.pad_of(story)
-            spans[row] = stop - len(story.answer), stop
+            start, end = self.answer_span(story)
+            spans[row] = start - 1, end - 1  # target j is token j + 1
         return tokens, spans
+
+    def answer_span(self, story: Story) -> tuple[int, int]:
+        """Where ``story``'s answer sits in its row of :meth:`row`: tokens ``start .. end - 1``
+        (its pad follows, up to the row's end)."""
+        end = self.total_len + 1 - self.pad_of(story)
+        return end - len(story.answer), end
 
     def pad_of(self, story: Story) -> int:
         """The pad spaces after ``story``'s answer: up to the task's longest label."""
