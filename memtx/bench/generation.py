@@ -30,7 +30,7 @@ from memtx.generate import Generation, Sampler, TextDecoder
 from memtx.models import from_config
 from memtx.reading import read, start_context
 
-__all__ = ["measure_interleaved", "measure_streaming", "rss_mb"]
+__all__ = ["measure_ceiling", "measure_interleaved", "measure_streaming", "rss_mb"]
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -131,6 +131,59 @@ def measure_interleaved(
     }
 
 
+def measure_ceiling(
+    *, config: str, tokens: int = 1000, rounds: int = 5, seed: int = 0
+) -> dict[str, Any]:
+    """Generation's tokens/s at batch 1 against the fp32 ceiling of this machine.
+
+    The ceiling is the decoding pass's matrix products alone: every ``nn.Linear`` weight
+    of the model and the tied output head, each multiplied by one row once per token, with
+    no attention, norms, activations or Python between them. Batch-1 decoding has to read
+    every weight once per token, so no fp32 implementation can be faster than that. The two
+    are timed in alternation, ``rounds`` times (medians), so a drifting load hits both.
+    """
+    torch.manual_seed(seed)
+    model = from_config(load_run_config(config, overrides=[]).model).eval()
+    weights = [m.weight.detach().t() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    weights.append(model.embed.weight.detach().t())  # the tied head: [d, V]
+    rows = {w.shape[0]: torch.randn(1, w.shape[0]) for w in weights}
+    prompt = torch.randint(0, model.config.vocab_size, (1, 16))
+    greedy = Sampler(temperature=0)
+
+    def generation_rate() -> float:
+        context = read(model, prompt, start_context(model))
+        began = time.perf_counter()
+        for _ in Generation(model, context, max_new_tokens=tokens, sampler=greedy):
+            pass
+        return tokens / (time.perf_counter() - began)
+
+    def ceiling_rate() -> float:
+        began = time.perf_counter()
+        for _ in range(tokens):
+            for weight in weights:
+                rows[weight.shape[0]] @ weight
+        return tokens / (time.perf_counter() - began)
+
+    with torch.no_grad():
+        generation_rate(), ceiling_rate()  # warm-up
+        rates: dict[str, list[float]] = {"generation": [], "ceiling": []}
+        for _ in range(rounds):
+            rates["generation"].append(generation_rate())
+            rates["ceiling"].append(ceiling_rate())
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    megabytes = sum(w.numel() for w in weights) * 4 / 1e6
+    return {
+        "config": config,
+        "params": model.num_parameters(),
+        "matmul_weights_mb": round(megabytes, 2),
+        "generation_tokens_per_s": round(medians["generation"], 1),
+        "ceiling_tokens_per_s": round(medians["ceiling"], 1),
+        "ceiling_over_generation": round(medians["ceiling"] / medians["generation"], 2),
+        "ceiling_gb_per_s": round(megabytes * medians["ceiling"] / 1e3, 1),
+        "rates": {name: [round(v, 1) for v in values] for name, values in rates.items()},
+    }
+
+
 def _side_by_side(model: Any, prompt: torch.Tensor, baseline: str) -> dict[str, float]:
     """tokens/s of the old ``generate`` and of :class:`Generation`, 1K tokens, alternated."""
     spec = importlib.util.spec_from_file_location("old_generate", baseline)
@@ -161,8 +214,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--interleaved", type=int, default=0, help="position: see measure_interleaved"
     )
+    parser.add_argument(
+        "--ceiling", action="store_true", help="tokens/s against the matmul-only ceiling"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.ceiling:
+        print(json.dumps(measure_ceiling(config=args.config)))
+        return
     if args.interleaved:
         print(json.dumps(measure_interleaved(config=args.config, position=args.interleaved)))
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memtx.bench.generation import measure_interleaved
+from memtx.bench.generation import measure_ceiling, measure_interleaved
 from memtx.bench.snapshots import measure_sizes
 
 
@@ -12,6 +12,15 @@ def test_interleaved_generation_reports_both_rates() -> None:
     result = measure_interleaved(config="configs/demo.toml", position=64, window=32, rounds=1)
     assert result["fresh_tokens_per_s"] > 0 and result["long_tokens_per_s"] > 0
     assert set(result["rss_mb"]) == {"after_window", "after_all"}
+
+
+def test_the_matmul_ceiling_is_above_generation_and_counts_every_weight() -> None:
+    result = measure_ceiling(config="configs/demo.toml", tokens=32, rounds=1)
+    # 4 blocks of q/k/v (192 x 576), out (192 x 192), FFN (192 x 768, 768 x 192); head 192 x 256
+    floats = 4 * (192 * 576 + 192 * 192 + 2 * 192 * 768) + 192 * 256
+    assert result["matmul_weights_mb"] == round(floats * 4 / 1e6, 2)
+    # Generation does the same products and everything else: it cannot be faster.
+    assert result["ceiling_over_generation"] > 1.0
 
 
 def test_snapshot_sizes_are_those_of_the_files(tmp_path: Path) -> None:
