@@ -32,8 +32,8 @@ from memtx.progress import ProgressBar, progress_bar
 from memtx.recurrence import stream
 
 __all__ = [
-    "ByteRowTask",
     "EvalResult",
+    "RowTask",
     "evaluate_haystacks",
     "evaluate_task",
     "evaluate_tokens",
@@ -245,21 +245,22 @@ def evaluate_task(
     return score.result()
 
 
-class ByteRowTask(Protocol):
-    """A task whose rows come as bytes with the answer near the end (``BabilongTask``)."""
+class RowTask(Protocol):
+    """A task whose rows come as compact arrays with the answer near the end
+    (``BabilongTask``)."""
 
     total_len: int
 
-    def byte_rows(self, batch: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens [B, N+1] uint8 and each row's answer as targets ``first .. stop - 1``
-        [B, 2] (target j is token j + 1)."""
+    def token_rows(self, batch: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens [B, N+1] (uint8 or uint16) and each row's answer as targets
+        ``first .. stop - 1`` [B, 2] (target j is token j + 1)."""
         ...
 
 
 @torch.no_grad()
 def evaluate_haystacks(
     model: SegmentModel,
-    task: ByteRowTask,
+    task: RowTask,
     *,
     samples: int,
     device: torch.device | str,
@@ -270,14 +271,14 @@ def evaluate_haystacks(
 ) -> dict[str, float]:
     """:func:`evaluate_task`'s figures for long rows, in memory that does not grow with N.
 
-    A batch of ``batch_size`` rows is drawn as bytes (N+1 bytes a row) and streamed
+    A batch of ``batch_size`` rows is drawn compact (N+1 bytes or uint16 ids a row) and streamed
     together through :func:`memtx.recurrence.stream`, ``chunk_segments`` segments of int64
     tokens at a time, the memory carried from chunk to chunk. With the same ``seed`` and
     ``batch_size`` the samples and the figures equal :func:`evaluate_task`'s.
 
     Args:
         model: any segment model (put in eval mode here, restored afterwards).
-        task: rows as bytes with the answer last (:class:`ByteRowTask`).
+        task: compact rows with the answer last (:class:`RowTask`).
         samples: how many held-out samples to score.
         device: where to run.
         seed: seeds the samples' generator.
@@ -307,7 +308,7 @@ def evaluate_haystacks(
     began = time.perf_counter()
     try:
         for first in range(0, samples, batch_size):
-            tokens, spans = task.byte_rows(min(batch_size, samples - first), generator)
+            tokens, spans = task.token_rows(min(batch_size, samples - first), generator)
             batch, length = tokens.shape[0], tokens.shape[1] - 1  # N inputs per row
             # target j (= token j + 1) is scored when it is among the row's answer tokens
             answer_from, answer_to = torch.from_numpy(spans).to(device).unbind(1)  # (B,) each

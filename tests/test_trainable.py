@@ -208,6 +208,25 @@ def test_facts_in_the_models_own_tokens_train_and_evaluate(folders, tmp_path) ->
     assert 0.0 <= metrics["token_accuracy"] <= 1.0 and metrics["segments"] == 3.0
 
 
+def test_babilong_in_the_models_own_tokens_trains_and_evaluates(folders, tmp_path) -> None:
+    raw = {
+        "model": {
+            "name": "rmt",
+            "backbone": "hf",
+            "hf_path": str(folders["gpt2"]),
+            "segment_len": 32,
+            "memory_tokens": 2,
+        },
+        "train": {"steps": 2, "batch_size": 2, "trainable": "memory+lora", "lora_rank": 2},
+        "data": {"corpus": str(folders["corpus"]), "tokenizer": "hf"},
+        "task": {"name": "babilong", "segments": 4, "qa": "qa1", "story_facts": 1},
+    }
+    raw["task"]["eval_samples"] = 4
+    train(RunConfig.from_dict(raw), out_dir=tmp_path / "run", progress=False)
+    metrics = evaluate_task_run(tmp_path / "run", segments=6, samples=4)
+    assert 0.0 <= metrics["exact_match"] <= 1.0 and metrics["segments"] == 6.0
+
+
 @pytest.mark.parametrize(
     "case", ["gguf_not_causal", "folder_not_causal", "hub_offline", "lora_targets"]
 )

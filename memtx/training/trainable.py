@@ -114,6 +114,10 @@ def check_base_model(saved: dict[str, Any] | None, model_config: ModelConfig) ->
         )
 
 
+#: The tasks that phrase their facts and answers as text, so a tokenizer can encode them.
+TEXT_TASKS: tuple[str, ...] = ("facts", "babilong")
+
+
 def check_tokenizer_choice(run: RunConfig) -> None:
     """Refuse tokenizers a run cannot use (before anything is written)."""
     tokenizer = run.data.tokenizer
@@ -122,11 +126,11 @@ def check_tokenizer_choice(run: RunConfig) -> None:
             "data.tokenizer='hf' is a pretrained model's own: set model.backbone='hf' and "
             "model.hf_path"
         )
-    facts_in_its_tokens = tokenizer == "hf" and run.task is not None and run.task.name == "facts"
-    if run.task is not None and tokenizer != "byte" and not facts_in_its_tokens:
+    in_its_tokens = tokenizer == "hf" and run.task is not None and run.task.name in TEXT_TASKS
+    if run.task is not None and tokenizer != "byte" and not in_its_tokens:
         raise ConfigError(
             f"task {run.task.name!r} is byte-level: data.tokenizer must be 'byte' (the "
-            "facts task also takes 'hf', the pretrained model's tokenizer)"
+            f"{' and '.join(TEXT_TASKS)} tasks also take 'hf', the pretrained model's tokenizer)"
         )
 
 

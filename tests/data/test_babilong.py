@@ -333,9 +333,9 @@ def test_bad_inputs_are_one_line_errors(make, message: str) -> None:
     assert "\n" not in str(error.value)
 
 
-def test_byte_rows_are_the_rows_of_sample() -> None:
+def test_token_rows_are_the_rows_of_sample() -> None:
     task = task_of("qa2")
-    tokens, spans = task.byte_rows(5, torch.Generator().manual_seed(7))
+    tokens, spans = task.token_rows(5, torch.Generator().manual_seed(7))
     sample = task.sample(5, seed=7)
     assert tokens.dtype == np.uint8 and tokens.shape == (5, task.total_len + 1)
     assert torch.equal(torch.from_numpy(tokens[:, :-1]).long(), sample.inputs)
@@ -352,3 +352,76 @@ def test_answer_span_is_the_answer_then_only_its_pad(qa: str) -> None:
         assert bytes(row[start:end].tolist()).decode("ascii") == story.answer
         assert bytes(row[end:].tolist()) == b" " * task.pad_of(story)
         assert row[start - 1] == ord(" ") and bytes(row[:start]).rstrip().endswith(b"?")
+
+
+# --------------------------------------------------------------------------- in a tokenizer's ids
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """A small byte-level BPE standing in for a pretrained model's tokenizer."""
+    from memtx.data.tokenizers import BPETokenizer
+
+    words = " ".join([*PEOPLE, *GIVERS, *PLACES, *OBJECTS, "Where is the moved went to"])
+    return BPETokenizer.train([TEXT * 4, words.encode()], vocab_size=420)
+
+
+def bpe_task(bpe, qa: str, **params: object):
+    return task_of(qa, noise=bpe.encode(TEXT * 400), tokenizer=bpe, **params)
+
+
+@pytest.mark.parametrize("qa", QA_TASKS)
+def test_in_a_tokenizers_ids_the_row_reads_as_the_story_in_the_text(bpe, qa: str) -> None:
+    task = bpe_task(bpe, qa)
+    assert task.vocab_size == bpe.vocab_size > 256
+    distances = set()
+    for seed in range(12):
+        row, story = task.row(seed)
+        assert row.dtype == np.uint16 and len(row) == task.total_len + 1
+        text = bpe.decode_bytes(row).decode("ascii")
+        pad = " " * task.pad_of(story)
+        assert text.endswith(f" {story.question} {story.answer}{pad}")
+        place = 0
+        for fact in story.facts:  # in order, each after a sentence's end
+            place = text.index(f" {fact}", place)
+            assert text[:place].rstrip()[-1] in ".!?"
+        start, end = task.answer_span(story)
+        assert row[start:end].tolist() == bpe.encode(f" {story.answer}").tolist()
+        distances.add(len(row) - start)  # where the question ends, from the row end
+    assert len(distances) == 1  # the question ends at one distance from the row's end
+
+
+def test_in_a_tokenizers_ids_token_rows_are_sample_and_the_answer_is_scored(bpe) -> None:
+    task = bpe_task(bpe, "qa2")
+    tokens, spans = task.token_rows(4, torch.Generator().manual_seed(3))
+    sample = task.sample(4, seed=3)
+    assert tokens.dtype == np.uint16
+    assert torch.equal(torch.from_numpy(tokens[:, :-1].astype(np.int64)), sample.inputs)
+    for row, (first, stop) in enumerate(spans.tolist()):
+        assert sample.answer_mask[row].nonzero().flatten().tolist() == list(range(first, stop))
+        answer = bpe.decode_bytes(sample.targets[row, first:stop].tolist()).decode()
+        assert answer.strip() in PLACES
+
+
+def test_in_a_tokenizers_ids_without_background_the_story_is_padded(bpe) -> None:
+    task = task_of("qa1", tokenizer=bpe, background=False)
+    row, story = task.row(0)
+    assert bpe.decode_bytes(row).decode("ascii").lstrip(" ").startswith(story.facts[0])
+
+
+def test_a_tokenizer_without_a_one_token_space_is_refused(bpe) -> None:
+    class TwoTokenSpace:
+        vocab_size = bpe.vocab_size
+
+        def encode(self, text: str) -> np.ndarray:
+            return (
+                np.concatenate([bpe.encode(text), bpe.encode(" ")])
+                if text == " "
+                else bpe.encode(text)
+            )
+
+        def decode_bytes(self, ids) -> bytes:
+            return bpe.decode_bytes(ids)
+
+    with pytest.raises(ConfigError, match="encode a space as one token"):
+        task_of("qa1", noise=bpe.encode(TEXT * 400), tokenizer=TwoTokenSpace())

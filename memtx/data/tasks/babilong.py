@@ -29,6 +29,10 @@ question follows a whole sentence. With ``background=False`` (BABILong's length 
 story stands alone, left-padded with spaces to the row. The question and its answer must
 fit in the row's last segment, as for every task with a question.
 
+With a ``tokenizer`` (a pretrained model's own) a row is its ids: the background is text
+in them, each fact, the question and the answer are encoded on their own with a space
+before them, facts go in after a token that ends a sentence, and the pad is the id of " ".
+
 A sample costs one slice of the background per row (no Python strings of its length): a
 million-token haystack takes milliseconds.
 """
@@ -75,6 +79,7 @@ __all__ = [
     "background_tokens",
     "make_story",
     "sentence_starts",
+    "token_sentence_starts",
 ]
 
 _SENTENCE_ENDS = (ord("."), ord("!"), ord("?"))
@@ -82,10 +87,11 @@ _SPACES = (ord(" "), ord("\n"))
 _PAD = ord(" ")
 
 
-def background_tokens(noise: Any) -> np.ndarray:
-    """A 1-D numpy array of byte tokens (no copy for uint8) from the accepted types:
-    ``bytes``, a numpy integer array or an integer tensor, with ids below 256."""
-    hint = "babilong needs background text: a 1-D array of byte tokens of real text"
+def background_tokens(noise: Any, *, vocab_size: int = VOCAB_SIZE) -> np.ndarray:
+    """A 1-D numpy array of tokens from the accepted types (``bytes``, a numpy integer
+    array or an integer tensor): uint8 bytes (no copy for uint8), or uint16 ids of a
+    tokenizer's ``vocab_size`` > 256."""
+    hint = "babilong needs background text: a 1-D array of tokens of real text"
     if noise is None:
         raise ConfigError(f"{hint} (e.g. a corpus's train split)")
     if isinstance(noise, (bytes, bytearray, memoryview)):
@@ -102,12 +108,31 @@ def background_tokens(noise: Any) -> np.ndarray:
         raise ConfigError(f"{hint}, got an array of dtype {tokens.dtype}")
     if tokens.ndim != 1 or tokens.size == 0:
         raise ConfigError(f"{hint}, got shape {tuple(tokens.shape)}")
-    if tokens.dtype != np.uint8:
+    dtype = _row_dtype(vocab_size)
+    if tokens.dtype != dtype:
         low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= VOCAB_SIZE:
-            raise ConfigError(f"{hint}: token ids must be in [0, {VOCAB_SIZE}), got {low}..{high}")
-        tokens = tokens.astype(np.uint8)
+        if low < 0 or high >= vocab_size:
+            raise ConfigError(f"{hint}: token ids must be in [0, {vocab_size}), got {low}..{high}")
+        tokens = tokens.astype(dtype)
     return tokens
+
+
+def token_sentence_starts(tokens: np.ndarray, tokenizer: Any) -> np.ndarray:
+    """:func:`sentence_starts` in a tokenizer's ids: after a token whose text ends with
+    ``.``, ``!`` or ``?``, where that token's text ends with a space or newline after it
+    or the next token's starts with one (int64, increasing)."""
+    if len(tokens) < 2:
+        return np.zeros(0, dtype=np.int64)
+    ids = np.unique(tokens)
+    ends, spaced, opens = (np.zeros(int(ids[-1]) + 1, dtype=bool) for _ in range(3))
+    for token in ids.tolist():
+        text = tokenizer.decode_bytes([token])
+        bare = text.rstrip(b" \n")
+        ends[token] = bare[-1:] in (b".", b"!", b"?")
+        spaced[token] = ends[token] and len(bare) < len(text)
+        opens[token] = text[:1] in (b" ", b"\n")
+    head, tail = tokens[:-1], tokens[1:]
+    return np.flatnonzero(spaced[head] | (ends[head] & opens[tail])) + 1
 
 
 def sentence_starts(tokens: np.ndarray, *, chunk: int = 1 << 24) -> np.ndarray:
@@ -136,6 +161,11 @@ class BabilongTask(Task):
             :data:`DEFAULT_STORY_FACTS`).
         background: False: no background (BABILong's length 0), the story left-padded
             with spaces to the row.
+        tokenizer: a pretrained model's own (``encode(str)``, ``decode_bytes(ids)``,
+            ``vocab_size``; ``data.tokenizer = "hf"``): rows are its ids, ``noise`` is
+            text in them, each fact, the question and the answer are encoded on their own
+            with a space before each (" Mary moved to the garden.", " Where is Mary?",
+            " garden"), and the answer's tokens are scored; the pad is the id of " ".
 
     Raises:
         ConfigError: an unknown ``qa``, a row too short for the story and the question, a
@@ -156,6 +186,7 @@ class BabilongTask(Task):
         noise: Any = None,
         story_facts: int = 0,
         background: bool = True,
+        tokenizer: Any = None,
     ) -> None:
         super().__init__(total_len=total_len, segments=segments, segment_len=segment_len, seed=seed)
         if qa not in QA_TASKS:
@@ -169,9 +200,13 @@ class BabilongTask(Task):
             raise ConfigError(
                 f"task {self.name!r} {qa}: story_facts must be {within}, got {self.story_facts}"
             )
-        self.answer_len = max(len(label) for label in LABELS[qa])
+        self.tokenizer = tokenizer
+        self.vocab_size = VOCAB_SIZE if tokenizer is None else int(tokenizer.vocab_size)
+        self.pad_id = _PAD if tokenizer is None else self._pad_id()
+        self.answer_len = max(len(self._answer(label)) for label in LABELS[qa])
         self.chance = 1 / len(LABELS[qa])
-        self._check_question_fits(LONGEST_QUESTION[qa] + 1)  # + the space before the answer
+        # In bytes, + the space before the answer; a tokenizer's tokens are >= 1 byte each.
+        self._check_question_fits(LONGEST_QUESTION[qa] + 1)
         self.longest_row = self.story_facts * LONGEST_FACT[qa] + LONGEST_QUESTION[qa] + 1
         self.longest_row += self.answer_len
         if self.longest_row > total_len + 1:
@@ -180,8 +215,17 @@ class BabilongTask(Task):
                 f"{self.story_facts} facts and the question: it needs up to "
                 f"{self.longest_row - 1} input tokens"
             )
-        self.noise = background_tokens(noise) if self.background else np.zeros(0, np.uint8)
-        self.starts = sentence_starts(self.noise)
+        dtype = _row_dtype(self.vocab_size)
+        self.noise = (
+            background_tokens(noise, vocab_size=self.vocab_size)
+            if self.background
+            else np.zeros(0, dtype)
+        )
+        self.starts = (
+            sentence_starts(self.noise)
+            if tokenizer is None
+            else token_sentence_starts(self.noise, tokenizer)
+        )
         if self.background:
             self._check_background()
 
@@ -204,18 +248,19 @@ class BabilongTask(Task):
         return make_story(self.qa, self.story_facts, rng)
 
     def _sequences(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        tokens, spans = self.byte_rows(batch, generator)
+        tokens, spans = self.token_rows(batch, generator)
         answer = torch.zeros(tokens.shape, dtype=torch.bool)
         for row, (first, stop) in enumerate(spans.tolist()):
             answer[row, first + 1 : stop + 1] = True  # targets j are tokens j + 1
         return torch.from_numpy(tokens).long(), answer
 
-    def byte_rows(self, batch: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """The rows of :meth:`sample` as bytes: tokens [B, N+1] uint8 and each row's answer
-        as targets ``first .. stop - 1`` [B, 2] (target j is token j + 1). The same rows as
-        ``sample`` for the same generator, at an eighth of the memory of its int64 tensors
-        (a batch of 32 million-token haystacks: 32 MB), for evaluation that streams them."""
-        tokens = np.empty((batch, self.total_len + 1), dtype=np.uint8)
+    def token_rows(self, batch: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of :meth:`sample` as compact arrays: tokens [B, N+1] (uint8 bytes, or
+        a tokenizer's uint16 ids) and each row's answer as targets ``first .. stop - 1``
+        [B, 2] (target j is token j + 1). The same rows as ``sample`` for the same
+        generator, at an eighth (a quarter) of the memory of its int64 tensors (a batch of
+        32 million-byte haystacks: 32 MB), for evaluation that streams them."""
+        tokens = np.empty((batch, self.total_len + 1), dtype=_row_dtype(self.vocab_size))
         spans = np.empty((batch, 2), dtype=np.int64)
         seeds = torch.randint(0, 2**62, (batch,), generator=generator).tolist()
         for row, seed in enumerate(seeds):
@@ -228,21 +273,28 @@ class BabilongTask(Task):
         """Where ``story``'s answer sits in its row of :meth:`row`: tokens ``start .. end - 1``
         (its pad follows, up to the row's end)."""
         end = self.total_len + 1 - self.pad_of(story)
-        return end - len(story.answer), end
+        return end - len(self._answer(story.answer)), end
 
     def pad_of(self, story: Story) -> int:
-        """The pad spaces after ``story``'s answer: up to the task's longest label."""
-        return self.answer_len - len(story.answer)
+        """The pad tokens after ``story``'s answer: up to the task's longest label."""
+        return self.answer_len - len(self._answer(story.answer))
 
     def row(self, seed: int) -> tuple[np.ndarray, Story]:
-        """The ``total_len + 1`` bytes of one row drawn from ``seed``, and its story."""
+        """The ``total_len + 1`` tokens of one row drawn from ``seed``, and its story."""
         rng = random.Random(seed)
         story = self.story(rng)
-        facts = [_ascii(f"{fact} ") for fact in story.facts]
-        tail = _ascii(f"{story.question} {story.answer}" + " " * self.pad_of(story))
+        pad = np.full(self.pad_of(story), self.pad_id, self.noise.dtype)
+        if self.tokenizer is None:
+            facts = [_ascii(f"{fact} ") for fact in story.facts]
+            tail = np.concatenate([_ascii(f"{story.question} {story.answer}"), pad])
+        else:  # the window ends with a sentence's last token: a space starts each piece
+            facts = [self._encode(f" {fact}") for fact in story.facts]
+            question = self._encode(f" {story.question}")
+            tail = np.concatenate([question, self._answer(story.answer), pad])
         fill = self.total_len + 1 - len(tail) - sum(len(fact) for fact in facts)
         if not self.background:
-            return np.concatenate([np.full(fill, _PAD, np.uint8), *facts, tail]), story
+            padding = np.full(fill, self.pad_id, self.noise.dtype)
+            return np.concatenate([padding, *facts, tail]), story
         # A window of ``fill`` tokens that ends at a sentence end, facts at sentence starts.
         first = int(np.searchsorted(self.starts, fill))
         end = int(self.starts[rng.randrange(first, len(self.starts))])
@@ -259,6 +311,27 @@ class BabilongTask(Task):
         pieces += [window[previous:], tail]
         return np.concatenate(pieces), story
 
+    def _encode(self, text: str) -> np.ndarray:
+        """``text`` in the tokenizer's ids (uint16)."""
+        return np.asarray(self.tokenizer.encode(text), dtype=np.uint16)
+
+    def _answer(self, label: str) -> np.ndarray:
+        """The answer's scored tokens: its bytes, or the tokenizer's ids of " label"."""
+        return _ascii(label) if self.tokenizer is None else self._encode(f" {label}")
+
+    def _pad_id(self) -> int:
+        space = self._encode(" ")
+        if len(space) != 1:
+            raise ConfigError(
+                f"task {self.name!r}: the tokenizer must encode a space as one token (the "
+                f"answer's pad), got {len(space)}"
+            )
+        return int(space[0])
+
 
 def _ascii(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+
+
+def _row_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+    return np.uint8 if vocab_size <= VOCAB_SIZE else np.uint16
