@@ -171,10 +171,7 @@ def test_finetuning_learns_a_separable_task() -> None:
         assert torch.equal(value, before[key]), f"{key} changed: fine-tuning must use a copy"
 
 
-def test_pretrain_then_downstream_and_the_repro_table(tmp_path: Path) -> None:
-    preset = tmp_path / "tiny.toml"
-    preset.write_text(
-        """
+TINY_PRESET = """
 [electra]
 seq_len = 32
 d_model = 32
@@ -200,9 +197,12 @@ max_train_per_class = 4
 max_eval_per_class = 2
 speaker_plays = ["hamlet_gut"]
 play_names = ["hamlet_gut", "othello_gut"]
-""",
-        encoding="utf-8",
-    )
+"""
+
+
+def test_pretrain_then_downstream_and_the_repro_table(tmp_path: Path) -> None:
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(TINY_PRESET, encoding="utf-8")
     data = prepare_data(DataConfig())
     run = load_electra_run(preset)
     pretrain(run, out_dir=tmp_path / "run", data=data)
@@ -229,6 +229,43 @@ play_names = ["hamlet_gut", "othello_gut"]
     generated = [r["pretrain"]["generated_examples"] for r in report["runs"][:2]]
     assert generated == [12, 12]  # the same generated examples with and without replay
     assert (tmp_path / "bench" / "tmr.png").stat().st_size > 1000
+
+
+def test_the_repro_protocol_reports_probes_few_shot_power_and_efficiency(tmp_path: Path) -> None:
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(TINY_PRESET.replace("eval_examples = 8", "eval_examples = 8\neval_every = 1"))
+    table = repro_tmr(
+        out_dir=tmp_path / "bench",
+        seeds=(0, 1),
+        config_path=preset,
+        work_dir=tmp_path / "runs",
+        echo=lambda line: None,
+        overhead_rounds=2,
+        probe=True,
+        shots=(2,),
+        finetune_seeds=(0, 1),
+    )
+    report = json.loads((tmp_path / "runs" / "tmr.json").read_text())
+    for entry in report["runs"]:
+        figures = entry["protocol"]
+        assert set(figures) == {"probe/play", "probe/speaker", "2-shot/play", "2-shot/speaker"}
+        assert all(0.0 <= v <= 1.0 for v in figures.values())
+        if entry["condition"] != "no_pretraining":  # 3 validations x 4 generated examples
+            assert [x for x, _ in entry["rtd_curve"]] == [4, 8, 12]
+    text = table.read_text(encoding="utf-8")
+    assert "## Low-noise protocol" in text and "| no_pretraining |" in text
+    assert "- probe/play: " in text and "seeds to detect 1 point" in text
+    assert "Sample efficiency: generated examples replay needs" in text
+
+
+@pytest.mark.parametrize("shots, seeds", [((0,), (0,)), ((4,), ())])
+def test_a_bad_protocol_is_refused_before_pretraining(tmp_path: Path, shots, seeds) -> None:
+    with pytest.raises(ConfigError, match=r"shots|fine-tuning seed"):
+        repro_tmr(
+            out_dir=tmp_path, seeds=(0,), work_dir=tmp_path / "runs", shots=shots,
+            finetune_seeds=seeds,
+        )  # fmt: skip
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -282,6 +282,15 @@ def repro_tmr(
     threads: Annotated[
         Optional[int], typer.Option(help="torch threads (1 is fastest on 2 busy cores).")
     ] = 1,
+    probe: Annotated[
+        bool, typer.Option(help="Also a linear probe per task on the frozen features.")
+    ] = False,
+    shots: Annotated[
+        str, typer.Option(help="Few-shot fine-tuning at these examples per class, e.g. 16,64.")
+    ] = "",
+    finetune_seeds: Annotated[
+        str, typer.Option(help="Fine-tuning seeds each few-shot figure averages.")
+    ] = "0,1,2",
 ) -> None:
     """ELECTRA with and without replay at equal generated examples, 5 seeds, then fine-tuning."""
 
@@ -295,6 +304,9 @@ def repro_tmr(
         overrides=set_ or [],
         work_dir=runs,
         threads=threads,
+        probe=probe,
+        shots=int_list(shots, name="--shots", minimum=1) if shots else (),
+        finetune_seeds=int_list(finetune_seeds, name="--finetune-seeds", minimum=0),
         echo=typer.echo,
     )
     typer.echo(f"wrote {path}")

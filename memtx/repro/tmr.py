@@ -21,14 +21,17 @@ import torch
 
 from memtx.data import prepare_data
 from memtx.electra import (
+    ElectraModel,
     build_tasks,
     evaluate_downstream,
     load_electra_run,
+    load_pretrained,
     measure_replay_overhead,
     pretrain,
 )
 from memtx.electra.config import TASKS
 from memtx.errors import ConfigError
+from memtx.repro.tmr_protocol import check_protocol, protocol_figures, protocol_lines, rtd_curve
 from memtx.training import free_dir, resolve_device
 
 __all__ = ["repro_tmr"]
@@ -57,6 +60,9 @@ def repro_tmr(
     overhead_rounds: int = 40,
     threads: int | None = None,
     progress: bool = False,
+    probe: bool = False,
+    shots: Sequence[int] = (),
+    finetune_seeds: Sequence[int] = (0, 1, 2),
     echo: Callable[[str], None] = print,
 ) -> Path:
     """ELECTRA with and without replay at the same number of generated examples, then fine-tuning.
@@ -71,6 +77,11 @@ def repro_tmr(
     (every number) go under ``work_dir``. ``threads`` sets torch's CPU threads
     (1 is much faster than 2 on a machine whose cores other jobs keep busy).
 
+    The low-noise protocol (:mod:`memtx.repro.tmr_protocol`): ``probe`` adds a linear
+    probe per task, ``shots`` few-shot fine-tuning at those examples per class (averaged
+    over ``finetune_seeds``), for every run and the floor; with the preset's
+    ``pretrain.eval_every`` the report also gives replay's examples-to-target ratio.
+
     Returns:
         The path of ``tmr.md``.
 
@@ -79,6 +90,7 @@ def repro_tmr(
     """
     if not seeds:
         raise ConfigError("repro tmr needs at least one seed")
+    check_protocol(shots=shots, finetune_seeds=finetune_seeds)
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")
@@ -95,6 +107,26 @@ def repro_tmr(
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     began = time.perf_counter()
+
+    def protocol(*, run_dir: Path | None, seed: int) -> dict[str, Any]:
+        """The protocol's figures of a run's discriminator (None: the floor's random init)."""
+        if not (probe or shots):
+            return {}
+        if run_dir is None:
+            model = _floor(base, data, seed=seed, device=device)
+        else:
+            model = load_pretrained(run_dir, device=device)[1]
+        figures = protocol_figures(
+            model.discriminator,
+            tasks,
+            config=base.finetune,
+            pad_id=base.electra.pad_id,
+            probe=probe,
+            shots=shots,
+            finetune_seeds=finetune_seeds,
+        )
+        return {"protocol": figures}
+
     for position, seed in enumerate(seeds):
         order = (False, True) if position % 2 == 0 else (True, False)
         for replay in order:
@@ -115,7 +147,9 @@ def repro_tmr(
                     "train_rtd_loss": [
                         (m["step"], m["rtd_loss"]) for m in result.history if m["split"] == "train"
                     ],
+                    "rtd_curve": rtd_curve(result.history, batch_size=run.pretrain.batch_size),
                     "downstream": {k: dataclasses.asdict(v) for k, v in downstream.items()},
+                    **protocol(run_dir=run_dir, seed=seed),
                 }
             )
             echo(
@@ -138,6 +172,7 @@ def repro_tmr(
                     "condition": "no_pretraining",
                     "seed": seed,
                     "downstream": {k: dataclasses.asdict(v) for k, v in downstream.items()},
+                    **protocol(run_dir=None, seed=seed),
                 }
             )
     # Per-run medians drift with the machine's load; a paired measurement does not.
@@ -150,6 +185,7 @@ def repro_tmr(
         "config": base.to_dict(),
         "overhead": overhead,
         "seeds": list(seeds),
+        "finetune_seeds": list(finetune_seeds),
         "seconds": time.perf_counter() - began,
         "runs": runs,
         "tasks": {
@@ -170,6 +206,12 @@ def repro_tmr(
     path.write_text(_markdown(report), encoding="utf-8")
     echo(f"wrote {path}, {out_dir / 'tmr.png'} and {work_dir / 'tmr.json'}")
     return path
+
+
+def _floor(run: Any, data: Any, *, seed: int, device: torch.device) -> ElectraModel:
+    """The random-init model the floor fine-tunes (as :func:`evaluate_downstream` makes it)."""
+    torch.manual_seed(seed)
+    return ElectraModel(_vocab_fixed(run, data)).to(device)
 
 
 def _vocab_fixed(run: Any, data: Any) -> Any:
@@ -275,6 +317,7 @@ def _markdown(report: dict[str, Any]) -> str:
                 f"(per seed: {', '.join(f'{100 * d:+.1f}' for d in diffs)})."
             )
         lines.append("")
+    lines += protocol_lines(report)
     e, r, p, f = cfg["electra"], cfg["replay"], cfg["pretrain"], cfg["finetune"]
     lines += [
         "## Setup",

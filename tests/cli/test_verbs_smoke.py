@@ -98,10 +98,13 @@ def test_pretrain(tmp_path: Path) -> None:
 def test_repro_tmr(tmp_path: Path) -> None:
     out = _invoke(
         "repro", "tmr", "--out", str(tmp_path / "bench"), "--seeds", "0", *ELECTRA,
-        "--runs", str(tmp_path / "runs"), "--threads", "1",
+        "--runs", str(tmp_path / "runs"), "--threads", "1", "--probe", "--shots", "2",
+        "--finetune-seeds", "0",
     )  # fmt: skip
     assert "wrote" in out
-    assert "ELECTRA + replay (TMR)" in (tmp_path / "bench" / "tmr.md").read_text()
+    text = (tmp_path / "bench" / "tmr.md").read_text()
+    assert "ELECTRA + replay (TMR)" in text
+    assert "2-shot/play | 2-shot/speaker | probe/play | probe/speaker |" in text
 
 
 def test_repro_rmt(tmp_path: Path) -> None:
