@@ -258,12 +258,15 @@ def test_the_repro_protocol_reports_probes_few_shot_power_and_efficiency(tmp_pat
     assert "Sample efficiency: generated examples replay needs" in text
 
 
-@pytest.mark.parametrize("shots, seeds", [((0,), (0,)), ((4,), ())])
+@pytest.mark.parametrize("shots, seeds", [((0,), (0,)), ((4,), ()), ((5,), (0,))])
 def test_a_bad_protocol_is_refused_before_pretraining(tmp_path: Path, shots, seeds) -> None:
-    with pytest.raises(ConfigError, match=r"shots|fine-tuning seed"):
+    # (5: the tiny preset keeps 4 training examples per class)
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(TINY_PRESET, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"shots|fine-tuning seed|fewer than per_class=5"):
         repro_tmr(
-            out_dir=tmp_path, seeds=(0,), work_dir=tmp_path / "runs", shots=shots,
-            finetune_seeds=seeds,
+            out_dir=tmp_path, seeds=(0,), config_path=preset, work_dir=tmp_path / "runs",
+            shots=shots, finetune_seeds=seeds,
         )  # fmt: skip
     assert not (tmp_path / "runs").exists()
 

@@ -30,6 +30,7 @@ from memtx.electra import (
     pretrain,
 )
 from memtx.electra.config import TASKS
+from memtx.electra.protocol import few_shot
 from memtx.errors import ConfigError
 from memtx.repro.tmr_protocol import check_protocol, protocol_figures, protocol_lines, rtd_curve
 from memtx.training import free_dir, resolve_device
@@ -102,6 +103,8 @@ def repro_tmr(
     data = prepare_data(base.data)
     # Every run saves this same tokenizer, so the tasks are tokenized once for all of them.
     tasks = build_tasks(dataclasses.replace(base.finetune, tasks=TASKS), tokenizer=data.tokenizer)
+    for task in tasks.values():  # refuse a shot count a class cannot give, before pre-training
+        few_shot(task, per_class=max(shots, default=1), seed=0)
     work_dir = free_dir(Path(work_dir))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
