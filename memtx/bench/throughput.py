@@ -52,6 +52,7 @@ import torch.nn.functional as F
 import memtx
 from memtx.bench.common import GRAD_CLIP, count_flops, markdown_table
 from memtx.config import load_run_config
+from memtx.models.protocol import memory_nbytes
 from memtx.recurrence import rollout
 from memtx.training import apply_update
 from memtx.training.compile import compile_segment_steps
@@ -229,9 +230,7 @@ def measure_training(
 
 def state_kb_per_stream(model: Any) -> float:
     """KB of the memory value one stream carries between segments (its batch-1 tensors)."""
-    memory = model.init_memory(1)
-    tensors = memory if isinstance(memory, tuple) else (memory,)
-    return sum(t.numel() * t.element_size() for t in tensors) / 1024
+    return memory_nbytes(model.init_memory(1)) / 1024
 
 
 def measure_paired(
@@ -259,33 +258,31 @@ def measure_paired(
     per-round ratios (the same, less sensitive to a load change within a round).
     """
     dev = torch.device(device)
+    # name -> (model name, sizes or None for the reference, strategy, rollout, batch)
+    plans: dict[str, tuple[str, dict[str, Any] | None, str, int, int]] = {
+        name: (name, None, strategy, rollout_len, batch_size) for name in models
+    }
+    if presets:  # each preset as its users run it, named by its file's stem
+        plans = {}
+        for path in presets:
+            name, sizes, train = preset_sizes(path)
+            plans[Path(path).stem] = (
+                name, sizes, train["strategy"], train["rollout"], train["batch_size"]
+            )  # fmt: skip
     built = {
-        name: _training_step(
+        key: _training_step(
             name,
-            strategy=strategy,
-            rollout_len=rollout_len,
-            batch_size=batch_size,
+            strategy=plan_strategy,
+            rollout_len=rollout,
+            batch_size=batch,
             device=dev,
             dtype=dtype,
             overrides=overrides,
+            sizes=sizes,
         )
-        for name in models
+        for key, (name, sizes, plan_strategy, rollout, batch) in plans.items()
     }
-    if presets:
-        built = {}
-        for path in presets:
-            name, sizes, train = preset_sizes(path)
-            built[Path(path).stem] = _training_step(
-                name,
-                strategy=train["strategy"],
-                rollout_len=train["rollout"],
-                batch_size=train["batch_size"],
-                device=dev,
-                dtype=dtype,
-                overrides=overrides,
-                sizes=sizes,
-            )
-        models = list(built)
+    models = list(built)
     times: dict[str, list[float]] = {name: [] for name in models}
     for index in range(warmup + steps):
         order = list(models) if index % 2 == 0 else list(reversed(models))
