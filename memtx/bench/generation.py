@@ -145,7 +145,8 @@ def measure_ceiling(
     torch.manual_seed(seed)
     model = from_config(load_run_config(config, overrides=[]).model).eval()
     weights = [m.weight.detach().t() for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    weights.append(model.embed.weight.detach().t())  # the tied head: [d, V]
+    head: torch.nn.Embedding = getattr(model, "embed")  # noqa: B009 (SegmentModel has no embed)
+    weights.append(head.weight.detach().t())  # the tied head: [d, V]
     rows = {w.shape[0]: torch.randn(1, w.shape[0]) for w in weights}
     prompt = torch.randint(0, model.config.vocab_size, (1, 16))
     greedy = Sampler(temperature=0)

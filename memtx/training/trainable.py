@@ -182,7 +182,7 @@ def _inject_lora(model: SegmentLM, cfg: TrainConfig, *, where: str) -> None:
         )
     lora = peft.LoraConfig(
         r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
+        lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # typed int; peft only divides it by r
         lora_dropout=cfg.lora_dropout,
         target_modules=list(targets),
         fan_in_fan_out=model_type == "gpt2",  # GPT-2's Conv1D stores weights transposed
