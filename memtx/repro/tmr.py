@@ -103,8 +103,8 @@ def repro_tmr(
     data = prepare_data(base.data)
     # Every run saves this same tokenizer, so the tasks are tokenized once for all of them.
     tasks = build_tasks(dataclasses.replace(base.finetune, tasks=TASKS), tokenizer=data.tokenizer)
-    for task in tasks.values():  # refuse a shot count a class cannot give, before pre-training
-        few_shot(task, per_class=max(shots, default=1), seed=0)
+    for task in tasks.values() if shots else ():  # a shot count a class cannot give
+        few_shot(task, per_class=max(shots), seed=0)  # is refused before pre-training
     work_dir = free_dir(Path(work_dir))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
