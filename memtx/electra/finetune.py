@@ -36,6 +36,7 @@ __all__ = [
     "TaskResult",
     "evaluate_downstream",
     "finetune_task",
+    "pad_batch",
 ]
 
 
@@ -59,7 +60,7 @@ class SequenceClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def _batch(
+def pad_batch(
     examples: Sequence[tuple[list[int], int]], *, pad_id: int, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded ids [B, L], key mask [B, L], labels [B]."""
@@ -83,7 +84,7 @@ def _accuracy(
     device = next(model.parameters()).device
     correct = 0
     for start in range(0, len(examples), batch_size):
-        ids, mask, labels = _batch(
+        ids, mask, labels = pad_batch(
             examples[start : start + batch_size], pad_id=pad_id, device=device
         )
         correct += int((model(ids, mask).argmax(-1) == labels).sum())
@@ -130,7 +131,7 @@ class EpochSource(BaseSource):
             self.position = 0
         chosen = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        return _batch([self.examples[k] for k in chosen], pad_id=self.pad_id, device=self.device)
+        return pad_batch([self.examples[k] for k in chosen], pad_id=self.pad_id, device=self.device)
 
     def validate(self, model: nn.Module, *, device: torch.device) -> dict[str, float]:
         return {}  # the last epoch's model is scored by the caller, on valid and test

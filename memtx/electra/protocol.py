@@ -26,16 +26,18 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor
 
-from memtx.electra.finetune import _batch
+from memtx.electra.finetune import pad_batch
 from memtx.electra.model import Discriminator
 from memtx.electra.tasks import ClassificationTask
 from memtx.errors import ConfigError
+from memtx.training import BaseSource, LoopConfig, StepOutcome, fit
 
 __all__ = [
     "PairedDifference",
@@ -91,7 +93,7 @@ def pooled_features(
     features, labels = [], []
     try:
         for start in range(0, len(examples), batch_size):
-            ids, mask, label = _batch(
+            ids, mask, label = pad_batch(
                 examples[start : start + batch_size], pad_id=pad_id, device=device
             )
             hidden = discriminator.hidden(ids, key_mask=mask)  # (B, L, d)
@@ -126,8 +128,8 @@ def linear_probe(
     """A logistic-regression head on the frozen discriminator's pooled features.
 
     Features are standardised with the training split's mean and spread, then the head is
-    trained full-batch with AdamW for ``steps`` steps from a zero init (``seed`` only
-    matters through the features' ties; the result is deterministic).
+    trained full-batch on the one loop (AdamW at a constant ``lr`` for ``steps`` steps) from
+    a zero init: the result is deterministic.
     """
     train_x, train_y = pooled_features(discriminator, task.train, pad_id=pad_id)
     mean, spread = train_x.mean(0), train_x.std(0, unbiased=False).clamp_min(1e-6)
@@ -139,12 +141,14 @@ def linear_probe(
     head = torch.nn.Linear(train_x.shape[1], len(task.classes))
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    inputs = standard(train_x)
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(head(inputs), train_y).backward()
-        optimizer.step()
+    fit(
+        _ProbeStep(head),
+        _FullBatch(standard(train_x), train_y),
+        model=head,
+        optimizer=torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay),
+        schedule=lambda step: lr,  # constant
+        config=LoopConfig(steps=steps, seed=seed, log_every=steps, desc="probe"),
+    )
 
     @torch.no_grad()
     def accuracy(examples: Sequence[tuple[list[int], int]]) -> float:
@@ -152,6 +156,38 @@ def linear_probe(
         return float((head(standard(x)).argmax(-1) == y).float().mean())
 
     return ProbeResult(task.name, len(task.train), accuracy(task.valid), accuracy(task.test))
+
+
+class _FullBatch(BaseSource):
+    """The probe's loop source: every training feature and label, every step."""
+
+    def __init__(self, features: Tensor, labels: Tensor) -> None:
+        self.batch = (features, labels)
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        return self.batch
+
+    def validate(self, model: torch.nn.Module, *, device: torch.device) -> dict[str, float]:
+        return {}
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        return {}, {}
+
+    def load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        pass
+
+
+class _ProbeStep:
+    """The probe's step function: cross-entropy of the head on the features."""
+
+    def __init__(self, head: torch.nn.Linear) -> None:
+        self.head = head
+
+    def __call__(self, batch: tuple[Tensor, Tensor], *, step: int) -> StepOutcome:
+        features, labels = batch
+        loss = F.cross_entropy(self.head(features), labels)
+        loss.backward()
+        return StepOutcome(loss=loss.detach(), tokens=int(labels.shape[0]))
 
 
 @dataclass(frozen=True)
