@@ -15,6 +15,7 @@ from memtx.electra.protocol import (
     examples_to_reach,
     few_shot,
     linear_probe,
+    mean_interval,
     paired_difference,
     pooled_features,
     seeds_to_detect,
@@ -81,6 +82,7 @@ def test_paired_difference_is_the_t_interval_of_the_differences() -> None:
     sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 3)
     assert math.isclose(result.mean, mean) and math.isclose(result.sd, sd)
     assert math.isclose(result.half_width, 3.182446305284263 * sd / 2, rel_tol=1e-9)
+    assert mean_interval(differences) == result  # a paired difference is its differences' mean
     with pytest.raises(ConfigError, match="one length"):
         paired_difference([1.0, 2.0], [1.0])
     with pytest.raises(ConfigError, match=">= 2 pairs"):

@@ -46,6 +46,7 @@ __all__ = [
     "examples_to_reach",
     "few_shot",
     "linear_probe",
+    "mean_interval",
     "paired_difference",
     "pooled_features",
     "seeds_to_detect",
@@ -217,10 +218,17 @@ def paired_difference(
         raise ConfigError(f"paired values must have one length, got {len(a)} and {len(b)}")
     if len(a) < 2:
         raise ConfigError(f"a paired difference needs >= 2 pairs, got {len(a)}")
-    differences = [x - y for x, y in zip(a, b)]
-    n, sd = len(differences), statistics.stdev(differences)
+    return mean_interval([x - y for x, y in zip(a, b)], confidence=confidence)
+
+
+def mean_interval(values: Sequence[float], *, confidence: float = 0.95) -> PairedDifference:
+    """The mean of ``values`` (>= 2) with its two-sided t-interval (for a paired
+    difference, the values are the differences)."""
+    if len(values) < 2:
+        raise ConfigError(f"an interval needs >= 2 values, got {len(values)}")
+    n, sd = len(values), statistics.stdev(values)
     t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
-    return PairedDifference(statistics.fmean(differences), sd, t * sd / math.sqrt(n), n, confidence)
+    return PairedDifference(statistics.fmean(values), sd, t * sd / math.sqrt(n), n, confidence)
 
 
 def seeds_to_detect(

@@ -32,22 +32,17 @@ from memtx.electra import (
 from memtx.electra.config import TASKS
 from memtx.electra.protocol import few_shot
 from memtx.errors import ConfigError
-from memtx.repro.tmr_protocol import check_protocol, protocol_figures, protocol_lines, rtd_curve
+from memtx.repro.tmr_protocol import (
+    check_protocol,
+    mean_sd,
+    mean_spread,
+    protocol_figures,
+    protocol_lines,
+    rtd_curve,
+)
 from memtx.training import free_dir, resolve_device
 
 __all__ = ["repro_tmr"]
-
-
-def _mean_spread(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _fmt(values: Sequence[float], *, scale: float = 100.0, digits: int = 1) -> str:
-    mean, spread = _mean_spread([v * scale for v in values])
-    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
 def repro_tmr(
@@ -275,14 +270,14 @@ def _markdown(report: dict[str, Any]) -> str:
         if key not in stats:
             continue
         figures = stats[key]
-        cells = [_fmt(figures[f"{t}_test"]) for t in tasks]
-        cells += [_fmt(figures[f"{t}_valid"]) for t in tasks]
+        cells = [mean_sd(figures[f"{t}_test"]) for t in tasks]
+        cells += [mean_sd(figures[f"{t}_valid"]) for t in tasks]
         if "rtd_accuracy" in figures:
             cells += [
-                _fmt(figures["rtd_accuracy"], digits=2),
-                _fmt(figures["rtd_recall"], digits=1),
-                _fmt(figures["step_ms"], scale=1.0, digits=0),
-                _fmt(figures["pretrain_s"], scale=1.0, digits=0),
+                mean_sd(figures["rtd_accuracy"], digits=2),
+                mean_sd(figures["rtd_recall"], digits=1),
+                mean_sd(figures["step_ms"], scale=1.0, digits=0),
+                mean_sd(figures["pretrain_s"], scale=1.0, digits=0),
             ]
         else:
             cells += ["-", "-", "-", "-"]
@@ -314,7 +309,7 @@ def _markdown(report: dict[str, Any]) -> str:
                 r - b
                 for r, b in zip(stats["replay"][f"{task}_test"], stats["baseline"][f"{task}_test"])
             ]
-            mean, spread = _mean_spread([100 * d for d in diffs])
+            mean, spread = mean_spread([100 * d for d in diffs])
             lines.append(
                 f"- {task}: replay - baseline, paired by seed: {mean:+.1f} ± {spread:.1f} points "
                 f"(per seed: {', '.join(f'{100 * d:+.1f}' for d in diffs)})."
@@ -371,7 +366,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     for offset, key in enumerate(keys):
         means, spreads = [], []
         for t in tasks:
-            mean, spread = _mean_spread([100 * v for v in stats[key][f"{t}_test"]])
+            mean, spread = mean_spread([100 * v for v in stats[key][f"{t}_test"]])
             means.append(mean)
             spreads.append(spread)
         xs = [i + (offset - (len(keys) - 1) / 2) * width for i in range(len(tasks))]

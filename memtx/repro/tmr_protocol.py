@@ -25,13 +25,27 @@ from memtx.electra.protocol import (
     examples_to_reach,
     few_shot,
     linear_probe,
+    mean_interval,
     paired_difference,
     seeds_to_detect,
 )
 from memtx.electra.tasks import ClassificationTask
 from memtx.errors import ConfigError
 
-__all__ = ["protocol_figures", "protocol_lines", "rtd_curve"]
+__all__ = ["mean_sd", "mean_spread", "protocol_figures", "protocol_lines", "rtd_curve"]
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value; NaN for none)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def mean_sd(values: Sequence[float], *, scale: float = 100.0, digits: int = 1) -> str:
+    """``values`` x ``scale`` as "mean ± sd" (accuracies in %, by default)."""
+    mean, spread = mean_spread([v * scale for v in values])
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
 def protocol_figures(
@@ -100,9 +114,7 @@ def protocol_lines(report: dict[str, Any]) -> list[str]:
     for condition, runs in by_condition.items():
         cells = []
         for name in names:
-            values = [100 * runs[s][name] for s in sorted(runs) if name in runs[s]]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):.1f} ± {spread:.1f}")
+            cells.append(mean_sd([runs[s][name] for s in sorted(runs) if name in runs[s]]))
         lines.append(f"| {condition} | " + " | ".join(cells) + " |")
     lines.append("")
     replay, baseline = by_condition.get("replay", {}), by_condition.get("baseline", {})
@@ -150,8 +162,8 @@ def _efficiency_lines(report: dict[str, Any]) -> list[str]:
         f"final held-out RTD accuracy, over the no-replay run's, per seed: {text}"
     ]
     if len(finite) >= 2:
-        diff = paired_difference(finite, [0.0] * len(finite))
-        lines[-1] += f" (mean {diff.mean:.2f} ± {diff.half_width:.2f}, 95%)."
+        ratio = mean_interval(finite)
+        lines[-1] += f" (mean {ratio.mean:.2f} ± {ratio.half_width:.2f}, 95%)."
     else:
         lines[-1] += " (inf: never reached)." if len(finite) < len(ratios) else "."
     return [*lines, ""]
