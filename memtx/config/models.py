@@ -123,6 +123,12 @@ class MemformerConfig(ModelConfig):
             cross-attention in every decoder block) or ``"joint"`` (each decoder block's
             self-attention reads H before the segment with its own projections and
             relative positions, as Transformer-XL reads its cache; no cross-attention).
+        context_depth: which encoder depth each decoder block reads (joint read only):
+            ``"last"`` (the paper: every block reads the encoder's output H) or
+            ``"layered"`` (a documented deviation: decoder block l reads the encoder's
+            stream at depth ``round(l * E / (D - 1))``, from the previous segment's
+            embeddings for the first block to H for the last, as Transformer-XL's block l
+            reads its cache of layer l's inputs; no extra compute, the same state).
     """
 
     name: ClassVar[str] = "memformer"
@@ -136,6 +142,7 @@ class MemformerConfig(ModelConfig):
     use_forgetting: bool = True
     context_positions: bool = False
     context_attention: Literal["cross", "joint"] = "cross"
+    context_depth: Literal["last", "layered"] = "last"
 
     def _validate(self) -> None:
         enc, dec, total = self.encoder_layers, self.decoder_layers, self.n_layers
@@ -171,6 +178,11 @@ class MemformerConfig(ModelConfig):
             raise ConfigError(
                 "model.context_positions is for context_attention='cross' "
                 "(the joint attention always has positions)"
+            )
+        if self.context_depth == "layered" and self.context_attention != "joint":
+            raise ConfigError(
+                "model.context_depth='layered' needs model.context_attention='joint' "
+                "(the cross-attention reads the encoder's output only)"
             )
 
 

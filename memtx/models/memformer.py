@@ -39,10 +39,14 @@ Choices where the paper leaves room (all documented where they are made):
   to H in every decoder block. ``"joint"`` (a documented deviation) drops it: each decoder
   block's self-attention reads ``[H ; segment]`` in one softmax, H through the block's own
   LayerNorm and projections at positions ``j - prev_len`` before the segment's ``0 ..``,
-  as Transformer-XL reads its cache. Why: trained on real text a cross-attention learned
-  nothing from H (the decoder must learn "attend to the last bytes" a second time, with
-  separate weights and a weak signal), while the joint read reuses what the segment's own
-  attention learns (benchmarks/memformer-probe/README.md). A fresh row reads no prefix.
+  as Transformer-XL reads its cache (``context_depth="layered"``, a second deviation:
+  decoder block l reads the encoder's stream at depth ``round(l * E / (D - 1))``, the
+  previous segment's embeddings for the first block up to H for the last, as
+  Transformer-XL's block l reads its cache of block l's inputs). Why the joint read:
+  trained on real text a cross-attention learned nothing from H (the decoder must learn
+  "attend to the last bytes" a second time, with separate weights and a weak signal),
+  while the joint read reuses what the segment's own attention learns
+  (benchmarks/memformer-probe/README.md). A fresh row reads no prefix.
 - Writer: slot attention where slot i attends to itself and to H, never to other slots.
   Queries and keys are taken from LayerNorm'd slots and LayerNorm'd H (the pre-LN
   convention of every block here; BMN slots have unit norm, i.e. entries ~ 1/sqrt(d), so
@@ -159,6 +163,8 @@ class Memformer(MemformerDecoding, TiedLM):
             for _ in range(config.encoder_layers)
         )
         self.joint = config.context_attention == "joint"
+        #: the encoder depth (0: embeddings .. E: H) each decoder block reads
+        self.context_depths = _context_depths(config)
         self.decoder = nn.ModuleList(
             Block(d, heads, ffn, dropout=config.dropout, cross_attention=not self.joint)
             for _ in range(config.decoder_layers)
@@ -286,14 +292,21 @@ class Memformer(MemformerDecoding, TiedLM):
         Returns:
             H [B, S, d] (positions outside ``keys`` hold values nobody reads).
         """
+        return self.encode_depths(tokens, keys, slots)[-1]
+
+    def encode_depths(self, tokens: Tensor, keys: Tensor, slots: Tensor) -> list[Tensor]:
+        """The encoder's stream at every depth: [embeddings, block 1, .., block E = H],
+        each [B, S, d] (arguments as :meth:`encode`)."""
         rotary = self.rotary(torch.arange(tokens.shape[1], device=tokens.device))
         mask = keys[:, None, None, :]  # (B, 1, 1, S)
         x = self.embed_tokens(tokens)  # (B, S, d)
         reads = self.config.use_memory and self.diagnostic != "no_reader"
         context = slots if reads else None
+        depths = [x]
         for block in self.encoder:
             x = block(x, mask=mask, rotary=rotary, context=context)
-        return x
+            depths.append(x)
+        return depths
 
     def write(
         self, slots: Tensor, hidden: Tensor, key_mask: Tensor | None
@@ -307,7 +320,7 @@ class Memformer(MemformerDecoding, TiedLM):
 
     def _critical_path(
         self, memory: MemformerMemory
-    ) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor | None]:
+    ) -> tuple[list[Tensor] | None, Tensor, Tensor | None, Tensor | None]:
         """Encoder (+ writer) over every row, with static shapes (no host sync).
 
         Every row is encoded over all ``segment_len`` positions, the padding masked. A row
@@ -322,7 +335,8 @@ class Memformer(MemformerDecoding, TiedLM):
         ``keys`` are None.
 
         Returns:
-            H [B, S, d], the next slots [B, k, d], the write attention [B, h, k, 1 + S]
+            the encoder's stream at every depth (:meth:`encode_depths`; the last is H
+            [B, S, d]), the next slots [B, k, d], the write attention [B, h, k, 1 + S]
             (None without memory) and ``keys`` [B, S] bool, the positions a row's H may be
             read at (its previous segment; position 0 alone for a row at the start).
         """
@@ -333,14 +347,14 @@ class Memformer(MemformerDecoding, TiedLM):
             return None, terminal[None].expand(memory.slots.shape).contiguous(), None, None
         positions = torch.arange(self.config.segment_len, device=memory.prev_len.device)
         keys = (positions[None, :] < memory.prev_len[:, None]) | (positions == 0)  # (B, S)
-        hidden = self.encode(memory.prev_tokens, keys, memory.slots)  # (B, S, d)
+        depths = self.encode_depths(memory.prev_tokens, keys, memory.slots)  # E+1 x (B, S, d)
         if self.writer is None:
-            return hidden, memory.slots, None, keys  # without memory nothing is ever written
-        written, attention = self.write(memory.slots, hidden, keys)  # (B, k, d), (B, h, k, 1+S)
+            return depths, memory.slots, None, keys  # without memory nothing is ever written
+        written, attention = self.write(memory.slots, depths[-1], keys)  # (B,k,d), (B,h,k,1+S)
         started = (memory.prev_len > 0)[:, None, None]  # (B, 1, 1)
         # A fresh stream's slots are the terminal state (with its parameters' graph).
         terminal = self.terminal_state().to(written.dtype)  # (k, d)
-        return hidden, torch.where(started, written, terminal), attention, keys
+        return depths, torch.where(started, written, terminal), attention, keys
 
     def _next_memory(self, tokens: Tensor, slots: Tensor) -> MemformerMemory:
         batch, length = tokens.shape
@@ -363,15 +377,22 @@ class Memformer(MemformerDecoding, TiedLM):
         context = torch.where((prev_len > 0)[:, None, None], hidden, null.to(hidden.dtype))
         return context, keys[:, None, None, :]
 
-    def _prefix(self, hidden: Tensor | None, keys: Tensor | None, prev_len: Tensor) -> dict:
-        """The joint read's prefix: H [B, S, d], its mask [B, 1, 1, S] (a row's previous
-        segment; nothing for a fresh row) and its positions ``j - prev_len``."""
-        if hidden is None or keys is None:
-            return {}
+    def _prefixes(
+        self, depths: list[Tensor] | None, keys: Tensor | None, prev_len: Tensor
+    ) -> list[dict]:
+        """The joint read's prefix for each decoder block: the encoder's stream at the
+        block's depth [B, S, d] (H unless ``context_depth="layered"``), its mask [B, 1, 1,
+        S] (a row's previous segment; nothing for a fresh row) and its positions
+        ``j - prev_len``; empty dicts when no row was encoded."""
+        if depths is None or keys is None:
+            return [{} for _ in self.decoder]
         span = self.config.segment_len
         mask = (keys & (prev_len > 0)[:, None])[:, None, None, :]  # (B, 1, 1, S)
         rotary = previous_segment_rotary(self.rotary, prev_len, span=span)  # (B, 1, S, hd)
-        return {"prefix": hidden, "prefix_mask": mask, "prefix_rotary": rotary}
+        return [
+            {"prefix": depths[depth], "prefix_mask": mask, "prefix_rotary": rotary}
+            for depth in self.context_depths
+        ]
 
     def _context_key_rotary(
         self, hidden: Tensor | None, prev_len: Tensor
@@ -421,20 +442,22 @@ class Memformer(MemformerDecoding, TiedLM):
         self._check_memory(memory, tokens)
         memory = self._diagnosed(memory)
         # The critical path runs first, so ``advance`` consumes the RNG (dropout) the same.
-        hidden, slots, attention, keys = self._critical_path(memory)
+        depths, slots, attention, keys = self._critical_path(memory)
+        hidden = None if depths is None else depths[-1]  # H, (B, S, d)
         length = tokens.shape[1]
         rotary = self.rotary(torch.arange(length, device=tokens.device))
         x = self.embed_tokens(tokens)  # (B, L, d)
-        if self.joint:
-            reads = self._prefix(hidden, keys, memory.prev_len)  # H read before the segment
+        if self.joint:  # H (or its depth) read before the segment, per block
+            reads = self._prefixes(depths, keys, memory.prev_len)
         else:
             context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
             context_rotary = self._context_rotary(
                 self._context_key_rotary(hidden, memory.prev_len), 0, length
             )
-            reads = dict(context=context, context_mask=context_mask, context_rotary=context_rotary)
-        for block in self.decoder:
-            x = block(x, is_causal=True, rotary=rotary, **reads)
+            read = dict(context=context, context_mask=context_mask, context_rotary=context_rotary)
+            reads = [read for _ in self.decoder]
+        for block, read in zip(self.decoder, reads, strict=True):
+            x = block(x, is_causal=True, rotary=rotary, **read)
         aux: dict[str, Tensor] = {}
         if self.writer is not None:
             aux["write_attention"] = self._write_attention(attention, memory.prev_len)
@@ -450,3 +473,13 @@ class Memformer(MemformerDecoding, TiedLM):
         else:
             _, slots, _, _ = self._critical_path(memory)
         return self._next_memory(tokens, slots)
+
+
+def _context_depths(config: MemformerConfig) -> tuple[int, ...]:
+    """The encoder depth each decoder block reads: E (H) for every block, or with
+    ``context_depth="layered"`` ``round(l * E / (D - 1))`` for block l (0: embeddings)."""
+    enc, dec = config.encoder_layers, config.decoder_layers
+    assert enc is not None and dec is not None
+    if config.context_depth == "last" or dec == 1:
+        return (enc,) * dec
+    return tuple(round(layer * enc / (dec - 1)) for layer in range(dec))

@@ -34,16 +34,20 @@ class MemformerDecoding:
         probe = memory.prev_tokens[:, :1]  # (B, 1): only batch size and device are read
         self._check_memory(memory, probe)
         memory = self._diagnosed(memory)
-        hidden, _, _, keys = self._critical_path(memory)
-        if self.joint:  # each block's keys and values of H, computed once per segment
-            reads = self._prefix(hidden, keys, memory.prev_len)
+        depths, _, _, keys = self._critical_path(memory)
+        hidden = None if depths is None else depths[-1]  # H, (B, S, d)
+        if self.joint:  # each block's keys and values of its prefix, once per segment
             extra = {}
-            for index, block in enumerate(self.decoder if reads else ()):
+            for index, (block, read) in enumerate(
+                zip(self.decoder, self._prefixes(depths, keys, memory.prev_len), strict=True)
+            ):
+                if not read:
+                    break  # no row was encoded: nothing to read
                 assert isinstance(block, Block)
-                normed = block.ln_self(reads["prefix"])
-                kv = block.self_attn.prefix_kv(normed, reads["prefix_rotary"])
+                normed = block.ln_self(read["prefix"])
+                kv = block.self_attn.prefix_kv(normed, read["prefix_rotary"])
                 extra[f"k{index}"], extra[f"v{index}"] = kv
-            extra.update({"mask": reads["prefix_mask"]} if reads else {})
+                extra["mask"] = read["prefix_mask"]
             return DecodeState(caches=[None] * len(self.decoder), extra=extra)
         context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
         keys_rotary = self._context_key_rotary(hidden, memory.prev_len)

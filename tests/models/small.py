@@ -39,6 +39,17 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
             "context_attention": "joint",
         },
     ),
+    "memformer_layered": (
+        "memformer",
+        {
+            **COMMON,
+            "encoder_layers": 1,
+            "decoder_layers": 2,
+            "memory_slots": 4,
+            "context_attention": "joint",
+            "context_depth": "layered",
+        },
+    ),
     "rmt": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4}),
     "rmt_gate": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "write_gate": True}),
     "rmt_hf": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "backbone": "hf"}),

@@ -478,7 +478,7 @@ def test_joint_read_prefix_positions_sit_just_before_the_segment() -> None:
     segment = tokens(2, SEG, seed=3)
     with torch.no_grad():
         logits = model.step(segment, memory).logits
-        hidden = model._critical_path(memory)[0]
+        hidden = model._critical_path(memory)[0][-1]  # H, the encoder's last depth
         rows = []
         for row, prev in enumerate(memory.prev_len.tolist()):
             x = model.embed_tokens(segment[row : row + 1])
@@ -492,6 +492,50 @@ def test_joint_read_prefix_positions_sit_just_before_the_segment() -> None:
                 )
             rows.append(model.logits(x))
     torch.testing.assert_close(logits, torch.cat(rows), atol=1e-5, rtol=1e-5)
+
+
+def test_layered_read_gives_each_decoder_block_its_encoder_depth() -> None:
+    """``context_depth='layered'``: decoder block l reads the encoder's stream at depth
+    round(l * E / (D - 1)): the previous segment's embeddings for the first block, H for
+    the last; the logits equal a decoder fed those prefixes by hand."""
+    model = memformer(
+        context_attention="joint", context_depth="layered", encoder_layers=2, decoder_layers=3
+    ).eval()
+    assert model.context_depths == (0, 1, 2)
+    assert memformer(
+        context_attention="joint", encoder_layers=2, decoder_layers=3
+    ).context_depths == (2, 2, 2)
+    deeper = memformer(
+        context_attention="joint", context_depth="layered", encoder_layers=2, decoder_layers=4
+    )
+    assert deeper.context_depths == (0, 1, 1, 2)
+    memory = after_one_segment(model, batch=2)
+    segment = tokens(2, SEG, seed=3)
+    with torch.no_grad():
+        logits = model.step(segment, memory).logits
+        depths = model._critical_path(memory)[0]
+        torch.testing.assert_close(depths[0], model.embed_tokens(memory.prev_tokens))
+        x = model.embed_tokens(segment)
+        for block, depth in zip(model.decoder, (0, 1, 2), strict=True):
+            x = block(
+                x,
+                is_causal=True,
+                rotary=model.rotary(torch.arange(SEG)),
+                prefix=depths[depth],
+                prefix_mask=torch.ones(2, 1, 1, SEG, dtype=torch.bool),
+                prefix_rotary=tuple(t[None, None] for t in model.rotary(torch.arange(-SEG, 0))),
+            )
+        expected = model.logits(x)
+        last = memformer(context_attention="joint", encoder_layers=2, decoder_layers=3).eval()
+        last.load_state_dict(model.state_dict())
+        other = last.step(segment, memory).logits
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert (logits - other).abs().max() > 1e-3  # the same weights read other depths
+
+
+def test_layered_depth_needs_the_joint_read() -> None:
+    with pytest.raises(ConfigError, match="context_depth='layered' needs"):
+        memformer(context_depth="layered")
 
 
 def test_context_positions_are_for_the_cross_attention_only() -> None:
