@@ -41,7 +41,6 @@ from memtx.training import (
     TrainingInterrupted,
     build_optimizer,
     fit,
-    free_dir,
     load_weights,
     read_run_config,
     resolve_device,
@@ -51,6 +50,7 @@ from memtx.training import (
     warmup_cosine,
 )
 from memtx.training.compile import compile_segment_steps
+from memtx.training.plots import plot_losses
 from memtx.training.sources import Batch, TaskSource, TextSource
 
 __all__ = [
@@ -65,7 +65,6 @@ __all__ = [
     "load_trained",
     "lr_schedule",
     "prepare_data",
-    "run_demo",
     "train",
 ]
 
@@ -308,35 +307,6 @@ def train(
     )
 
 
-def plot_losses(history: list[dict[str, Any]], path: Path, *, title: str = "") -> None:
-    """Train and validation bits per token against step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for split, style in (("train", "-"), ("valid", "o-")):
-        points = [
-            (m["step"], m.get("bpc", m["loss"] / math.log(2)))
-            for m in history
-            if m.get("split") == split and "loss" in m
-        ]
-        if points:
-            steps, values = zip(*points)
-            ax.plot(steps, values, style, label=split)
-    ax.set_xlabel("step")
-    ax.set_ylabel("bits per token (bpc for bytes)")
-    ax.set_title(title or "memtx training")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-
-
 # --------------------------------------------------------------------------- runs
 
 
@@ -454,46 +424,3 @@ def evaluate_task_run(
         seed=seed,
     )
     return {"segments": float(segments), **metrics}
-
-
-def run_demo(
-    *,
-    config: Path,
-    out_dir: Path,
-    overrides: list[str] | None = None,
-    echo: Callable[[str], None] = print,
-) -> TrainResult:
-    """Train the demo preset, evaluate before and after, print a table, plot the losses."""
-    from memtx.config import load_run_config
-
-    run = load_run_config(config, overrides=overrides or [])
-    out_dir = free_dir(Path(out_dir))
-    data = prepare_data(run.data)
-    seed_everything(run.train.seed)
-    untrained = from_config(dataclasses.replace(run.model, vocab_size=data.tokenizer.vocab_size))
-    budget = run.train.eval_tokens
-    before = evaluate_tokens(
-        untrained,
-        data.valid,
-        rows=8,
-        max_tokens=budget,
-        bytes_per_token=data.bytes_per_token["valid"],
-    )
-    echo(
-        f"demo: {run.model.name}, {untrained.num_parameters() / 1e6:.2f}M parameters, "
-        f"{run.train.steps} steps of {run.train.batch_size} x {run.train.rollout} x "
-        f"{run.model.segment_len} tokens on {run.data.corpus} -> {out_dir}"
-    )
-    result = train(run, out_dir=out_dir, data=data)
-    after_bpc = result.valid["bpc"]
-    rows = [
-        ("", "valid bpc", "tokens/s"),
-        ("before training", f"{before.bpc:.3f}", f"{before.tokens_per_s:,.0f} (eval)"),
-        ("after training", f"{after_bpc:.3f}", f"{result.tokens_per_s:,.0f} (train)"),
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [" | ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    echo("\n".join(lines))
-    echo(f"loss curves: {out_dir / 'loss.png'}   metrics: {out_dir / 'metrics.jsonl'}")
-    return result

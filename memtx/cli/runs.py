@@ -164,8 +164,8 @@ def demo(
     it; then memory at work: a small shipped ARMT reads one bAbI story hidden in about a
     million tokens of held-out text and answers its question from memory."""
 
+    from memtx.demo import run_demo
     from memtx.haystack import DEMO_RUN, memory_demo
-    from memtx.train import run_demo
 
     if memory and (haystack_tokens < 1024 or haystack_tokens % 64):
         fail(f"--haystack-tokens must be a multiple of 64 and >= 1024, got {haystack_tokens}")
