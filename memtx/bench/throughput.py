@@ -428,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_name, sizes, preset = args.model, None, {}
+    model_name, sizes = args.model, None
+    preset: dict[str, Any] = {}
     if args.config is not None:
         model_name, sizes, preset = preset_sizes(args.config)
     strategy = args.strategy or preset.get("strategy", "full")

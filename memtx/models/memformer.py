@@ -184,8 +184,9 @@ class Memformer(MemformerDecoding, TiedLM):
             # Nothing is read or written: the slots are inert zeros kept for a uniform memory.
             self.memory_carries_grad = False
         self.init_weights()
-        for block in self.decoder if self.null_context is not None else ():
+        if self.null_context is not None:
             nn.init.normal_(self.null_context, std=0.02)
+        for block in self.decoder if self.null_context is not None else ():
             assert isinstance(block, Block) and block.cross_attn is not None
             # The decoder starts as a plain causal transformer and learns to read H: at
             # init H carries nothing yet, and a random projection of it is noise in the

@@ -9,7 +9,7 @@ before the self-attention's cache. The contract suite checks the logits equal ``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -17,12 +17,12 @@ from torch import Tensor
 from memtx.models.protocol import CachedDecoding, DecodeState, cache_mask
 from memtx.modules import Block, decode_blocks, prefixed_mask
 
+if TYPE_CHECKING:
+    from memtx.models.memformer import Memformer
+
 
 class MemformerDecoding:
     """:class:`~memtx.models.protocol.CachedDecoding` for Memformer (uses its parts)."""
-
-    decoder: Any  # these come from Memformer
-    config: Any
 
     def cached_decoder(self) -> CachedDecoding:
         """Generation with a KV cache: :meth:`begin_decode` / :meth:`decode`."""
@@ -31,15 +31,16 @@ class MemformerDecoding:
     def begin_decode(self, memory: Any) -> DecodeState:
         """Encode the previous segment once (``memory``: a ``MemformerMemory``); the new
         segment then decodes against it."""
+        model = cast("Memformer", self)  # the mixin's host
         probe = memory.prev_tokens[:, :1]  # (B, 1): only batch size and device are read
-        self._check_memory(memory, probe)
-        memory = self._diagnosed(memory)
-        depths, _, _, keys = self._critical_path(memory)
+        model._check_memory(memory, probe)
+        memory = model._diagnosed(memory)
+        depths, _, _, keys = model._critical_path(memory)
         hidden = None if depths is None else depths[-1]  # H, (B, S, d)
-        if self.joint:  # each block's keys and values of its prefix, once per segment
+        if model.joint:  # each block's keys and values of its prefix, once per segment
             extra = {}
             for index, (block, read) in enumerate(
-                zip(self.decoder, self._prefixes(depths, keys, memory.prev_len), strict=True)
+                zip(model.decoder, model._prefixes(depths, keys, memory.prev_len), strict=True)
             ):
                 if not read:
                     break  # no row was encoded: nothing to read
@@ -48,12 +49,12 @@ class MemformerDecoding:
                 kv = block.self_attn.prefix_kv(normed, read["prefix_rotary"])
                 extra[f"k{index}"], extra[f"v{index}"] = kv
                 extra["mask"] = read["prefix_mask"]
-            return DecodeState(caches=[None] * len(self.decoder), extra=extra)
-        context, context_mask = self._decoder_context(hidden, keys, memory.prev_len)
-        keys_rotary = self._context_key_rotary(hidden, memory.prev_len)
+            return DecodeState(caches=[None] * len(model.decoder), extra=extra)
+        context, context_mask = model._decoder_context(hidden, keys, memory.prev_len)
+        keys_rotary = model._context_key_rotary(hidden, memory.prev_len)
         extra = {} if keys_rotary is None else dict(zip(("cos", "sin"), keys_rotary, strict=True))
         return DecodeState(
-            caches=[None] * len(self.decoder),
+            caches=[None] * len(model.decoder),
             context=context,
             context_mask=context_mask,
             extra=extra,
@@ -61,33 +62,34 @@ class MemformerDecoding:
 
     def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
-        self.check_decode(tokens, state)
+        model = cast("Memformer", self)  # the mixin's host
+        model.check_decode(tokens, state)
         n = tokens.shape[1]
-        rotary = self.rotary.span(state.length, n)  # (n, hd) each
+        rotary = model.rotary.span(state.length, n)  # (n, hd) each
         mask = cache_mask(state.length, n, device=tokens.device)
         keys_rotary = (state.extra["cos"], state.extra["sin"]) if "cos" in state.extra else None
         prefixes = None
         if "mask" in state.extra:  # the joint read: H's keys and values before the cache
             prefixes = [
-                (state.extra[f"k{i}"], state.extra[f"v{i}"]) for i in range(len(self.decoder))
+                (state.extra[f"k{i}"], state.extra[f"v{i}"]) for i in range(len(model.decoder))
             ]
             if mask is None:  # one new token sees every key of the segment
                 mask = torch.ones(n, state.length + n, dtype=torch.bool, device=tokens.device)
             mask = prefixed_mask(state.extra["mask"], n, mask)
-        x = self.embed_tokens(tokens)  # (B, n, d)
+        x = model.embed_tokens(tokens)  # (B, n, d)
         x, caches = decode_blocks(
-            self.decoder,
+            model.decoder,
             x,
             state.caches,
             mask=mask,
             rotary=rotary,
             context=state.context,
             context_mask=state.context_mask,
-            context_rotary=self._context_rotary(keys_rotary, state.length, n),
-            capacity=self.config.segment_len,
+            context_rotary=model._context_rotary(keys_rotary, state.length, n),
+            capacity=model.config.segment_len,
             prefixes=prefixes,
         )
-        return self.logits(x), DecodeState(
+        return model.logits(x), DecodeState(
             caches=caches,
             length=state.length + n,
             context=state.context,

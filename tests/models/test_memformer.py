@@ -414,8 +414,8 @@ def test_context_positions_make_scores_depend_on_the_distance_only() -> None:
     segment = tokens(3, SEG, seed=3)
     with torch.no_grad():
         logits = model.step(segment, memory).logits
-        hidden, _, _, keys = model._critical_path(memory)
-        context, context_mask = model._decoder_context(hidden, keys, memory.prev_len)
+        depths, _, _, keys = model._critical_path(memory)
+        context, context_mask = model._decoder_context(depths[-1], keys, memory.prev_len)
         rows = []
         for row, prev in enumerate(memory.prev_len.tolist()):
             q_tables = model.rotary(torch.arange(prev, prev + SEG))
