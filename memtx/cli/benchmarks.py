@@ -327,8 +327,15 @@ def repro_pretrained(
     stage_steps: Annotated[int, typer.Option(help="Steps per curriculum stage.")] = 12,
     lengths: Annotated[str, typer.Option(help="Segments per evaluated sample.")] = "4,8,16,32",
     samples: Annotated[int, typer.Option(help="Held-out samples per length.")] = 4,
+    task: Annotated[
+        str, typer.Option(help="facts, or a BABILong-style qa1 .. qa5 (in the model's tokens).")
+    ] = "facts",
+    stages: Annotated[
+        str, typer.Option(help="Segments per sample of each curriculum stage (qa1: from 2).")
+    ] = "1,2,4",
 ) -> None:
-    """RMT and ARMT around a pretrained SmolLM2 (memory + LoRA) vs the bare model, facts."""
+    """RMT and ARMT around a pretrained SmolLM2 (memory + LoRA) vs the bare model, on facts
+    in noise or a BABILong-style task."""
 
     from memtx.repro.pretrained import PretrainedRepro
     from memtx.repro.pretrained import repro_pretrained as run_repro
@@ -341,5 +348,7 @@ def repro_pretrained(
         stage_steps=stage_steps,
         lengths=tuple(int_list(lengths, name="--lengths", minimum=1)),
         eval_samples=samples,
+        task=task,
+        stages=tuple(int_list(stages, name="--stages", minimum=1)),
     )
     typer.echo(f"wrote {run_repro(runs=runs, out=out, settings=settings, echo=typer.echo)}")

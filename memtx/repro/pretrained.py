@@ -52,6 +52,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "rmt": {"name": "rmt", "memory_tokens": 8},
     "armt": {"name": "armt", "memory_tokens": 8, "d_mem": 32},
 }
+#: what the wrapped models are fine-tuned and evaluated on
+TASKS = ("facts", "qa1", "qa2", "qa3", "qa4", "qa5")
 
 
 def smollm2_path() -> str:
@@ -85,7 +87,10 @@ class PretrainedRepro:
         lora_rank: LoRA rank.
         lengths: segments per sample of the evaluation.
         eval_samples: held-out samples per length (the same for every model).
-        corpus: the noise the facts hide in.
+        corpus: the noise the facts hide in (evaluation: its held-out split).
+        task: ``"facts"`` (facts in noise: a 3-digit value) or a BABILong-style ``"qa1"``
+            .. ``"qa5"`` (a bAbI story; qa1's story needs about 154 tokens, so its first
+            stage must have two segments of 128).
         seed: training seed.
     """
 
@@ -99,7 +104,25 @@ class PretrainedRepro:
     lengths: tuple[int, ...] = (4, 8, 16, 32)
     eval_samples: int = 4
     corpus: str = "shakespeare"
+    task: str = "facts"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+
+    def task_section(self) -> dict[str, Any]:
+        """The run config's ``[task]`` section (the curriculum over ``stages``)."""
+        shape = {
+            "segments": self.stages[-1],
+            "stages": list(self.stages),
+            "stage_steps": self.stage_steps,
+            "advance_at": 2.0,  # every stage runs its steps
+            "eval_samples": 8,
+        }
+        if self.task == "facts":
+            return {"name": "facts", "num_facts": 1, "value_len": 3, **shape}
+        return {"name": "babilong", "qa": self.task, **shape}
 
     def run_config(self, model: str) -> RunConfig:
         """The run config of the wrapped ``model`` (``rmt`` or ``armt``)."""
@@ -125,16 +148,7 @@ class PretrainedRepro:
                     "keep_checkpoints": 1,
                 },
                 "data": {"corpus": self.corpus, "tokenizer": "hf"},
-                "task": {
-                    "name": "facts",
-                    "num_facts": 1,
-                    "value_len": 3,
-                    "segments": self.stages[-1],
-                    "stages": list(self.stages),
-                    "stage_steps": self.stage_steps,
-                    "advance_at": 2.0,  # every stage runs its steps
-                    "eval_samples": 8,
-                },
+                "task": self.task_section(),
             }
         )
 
@@ -230,6 +244,7 @@ def repro_pretrained(
         rank=0,
         seed=run.train.seed,
         noise=data.train,
+        eval_noise=data.valid,  # held-out documents: never the training background
         tokenizer=tokenizer,
     )
     bare_hf = load_hf_model(run.model, positions=0).eval()  # type: ignore[arg-type]
@@ -321,15 +336,23 @@ def _markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
     s = settings
     return "\n".join(
         [
-            "# RMT and ARMT around a pretrained SmolLM2-135M (facts in noise)",
+            f"# RMT and ARMT around a pretrained SmolLM2-135M ({_TASK_TITLES[s.task]})",
             "",
             "Reproduce: `OMP_NUM_THREADS=1 memtx repro pretrained --stage-steps "
-            f"{s.stage_steps} --samples {s.eval_samples}` "
+            f"{s.stage_steps} --samples {s.eval_samples}"
+            + (
+                ""
+                if s.task == "facts"
+                else f" --task {s.task} --stages {','.join(map(str, s.stages))}"
+            )
+            + "` "
             f"(segments of {s.segment_len}, curriculum {list(s.stages)} x {s.stage_steps} steps, "
             f"batch {s.batch_size}, lr {s.lr}, LoRA rank {s.lora_rank}, {s.eval_samples} "
-            f"held-out samples per length, corpus {s.corpus}, one CPU thread).",
+            f"held-out samples per length, corpus {s.corpus} (evaluated on its held-out "
+            "documents), one CPU thread).",
             "",
-            "Cells: exact match / answer token accuracy (3 digits) on the same samples.",
+            "Cells: exact match / answer token accuracy "
+            f"({'3 digits' if s.task == 'facts' else 'the answer word'}) on the same samples.",
             "",
             markdown_table(header, rows),
             "",
@@ -341,3 +364,6 @@ def _markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
             "",
         ]
     )
+
+
+_TASK_TITLES = {"facts": "facts in noise", **{qa: f"BABILong-style {qa}" for qa in TASKS[1:]}}

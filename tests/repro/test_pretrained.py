@@ -41,3 +41,17 @@ def test_the_verb_refuses_bad_options_with_exit_2(tmp_path) -> None:
         app, ["repro", "pretrained", "--out", str(tmp_path), "--samples", "0"]
     )
     assert result.exit_code == 2 and "--samples must be >= 1" in result.output
+
+
+def test_a_babilong_task_is_the_runs_task_and_a_bad_one_is_refused(tmp_path) -> None:
+    checkpoint = str(save_tiny(tmp_path / "llama", "llama"))
+    settings = PretrainedRepro(hf_path=checkpoint, task="qa1", stages=(2, 4))
+    task = settings.run_config("rmt").task
+    assert task is not None and task.name == "babilong" and task.qa == "qa1"
+    assert task.stage_segments == (2, 4)
+    facts = PretrainedRepro(hf_path=checkpoint).run_config("armt").task
+    assert facts is not None and facts.name == "facts"
+    result = CliRunner().invoke(
+        app, ["repro", "pretrained", "--out", str(tmp_path), "--task", "qa9"]
+    )
+    assert result.exit_code == 2 and "task must be one of facts, qa1" in result.output
