@@ -128,7 +128,9 @@ class MemformerConfig(ModelConfig):
             ``"layered"`` (a documented deviation: decoder block l reads the encoder's
             stream at depth ``round(l * E / (D - 1))``, from the previous segment's
             embeddings for the first block to H for the last, as Transformer-XL's block l
-            reads its cache of layer l's inputs; no extra compute, the same state).
+            reads its cache of layer l's inputs; no extra compute, the same state) or
+            ``"aligned"`` (block l reads depth ``min(l, E)``: the depths Transformer-XL's
+            first E + 1 blocks read, H for the blocks past E).
     """
 
     name: ClassVar[str] = "memformer"
@@ -142,7 +144,7 @@ class MemformerConfig(ModelConfig):
     use_forgetting: bool = True
     context_positions: bool = False
     context_attention: Literal["cross", "joint"] = "cross"
-    context_depth: Literal["last", "layered"] = "last"
+    context_depth: Literal["last", "layered", "aligned"] = "last"
 
     def _validate(self) -> None:
         enc, dec, total = self.encoder_layers, self.decoder_layers, self.n_layers
@@ -179,9 +181,9 @@ class MemformerConfig(ModelConfig):
                 "model.context_positions is for context_attention='cross' "
                 "(the joint attention always has positions)"
             )
-        if self.context_depth == "layered" and self.context_attention != "joint":
+        if self.context_depth != "last" and self.context_attention != "joint":
             raise ConfigError(
-                "model.context_depth='layered' needs model.context_attention='joint' "
+                f"model.context_depth={self.context_depth!r} needs model.context_attention='joint' "
                 "(the cross-attention reads the encoder's output only)"
             )
 

@@ -42,7 +42,9 @@ Choices where the paper leaves room (all documented where they are made):
   as Transformer-XL reads its cache (``context_depth="layered"``, a second deviation:
   decoder block l reads the encoder's stream at depth ``round(l * E / (D - 1))``, the
   previous segment's embeddings for the first block up to H for the last, as
-  Transformer-XL's block l reads its cache of block l's inputs). Why the joint read:
+  Transformer-XL's block l reads its cache of block l's inputs; ``"aligned"``: block l
+  reads depth ``min(l, E)``, the depths Transformer-XL's first E + 1 blocks read, H for
+  the rest). Why the joint read:
   trained on real text a cross-attention learned nothing from H (the decoder must learn
   "attend to the last bytes" a second time, with separate weights and a weak signal),
   while the joint read reuses what the segment's own attention learns
@@ -477,10 +479,13 @@ class Memformer(MemformerDecoding, TiedLM):
 
 
 def _context_depths(config: MemformerConfig) -> tuple[int, ...]:
-    """The encoder depth each decoder block reads: E (H) for every block, or with
-    ``context_depth="layered"`` ``round(l * E / (D - 1))`` for block l (0: embeddings)."""
+    """The encoder depth each decoder block reads: E (H) for every block, or for block l
+    ``round(l * E / (D - 1))`` (``"layered"``) or ``min(l, E)`` (``"aligned"``); 0 is the
+    embeddings."""
     enc, dec = config.encoder_layers, config.decoder_layers
     assert enc is not None and dec is not None
+    if config.context_depth == "aligned":
+        return tuple(min(layer, enc) for layer in range(dec))
     if config.context_depth == "last" or dec == 1:
         return (enc,) * dec
     return tuple(round(layer * enc / (dec - 1)) for layer in range(dec))

@@ -509,6 +509,10 @@ def test_layered_read_gives_each_decoder_block_its_encoder_depth() -> None:
         context_attention="joint", context_depth="layered", encoder_layers=2, decoder_layers=4
     )
     assert deeper.context_depths == (0, 1, 1, 2)
+    aligned = memformer(
+        context_attention="joint", context_depth="aligned", encoder_layers=2, decoder_layers=4
+    )
+    assert aligned.context_depths == (0, 1, 2, 2)
     memory = after_one_segment(model, batch=2)
     segment = tokens(2, SEG, seed=3)
     with torch.no_grad():
