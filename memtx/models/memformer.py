@@ -384,7 +384,7 @@ class Memformer(MemformerDecoding, TiedLM):
         self, depths: list[Tensor] | None, keys: Tensor | None, prev_len: Tensor
     ) -> list[dict]:
         """The joint read's prefix for each decoder block: the encoder's stream at the
-        block's depth [B, S, d] (H unless ``context_depth="layered"``), its mask [B, 1, 1,
+        block's depth [B, S, d] (H with ``context_depth="last"``), its mask [B, 1, 1,
         S] (a row's previous segment; nothing for a fresh row) and its positions
         ``j - prev_len``; empty dicts when no row was encoded."""
         if depths is None or keys is None:
