@@ -9,16 +9,13 @@ before the self-attention's cache. The contract suite checks the logits equal ``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from memtx.models.protocol import CachedDecoding, DecodeState, cache_mask
 from memtx.modules import Block, decode_blocks, prefixed_mask
-
-if TYPE_CHECKING:
-    from memtx.models.memformer import Memformer
 
 
 class MemformerDecoding:
@@ -31,7 +28,7 @@ class MemformerDecoding:
     def begin_decode(self, memory: Any) -> DecodeState:
         """Encode the previous segment once (``memory``: a ``MemformerMemory``); the new
         segment then decodes against it."""
-        model = cast("Memformer", self)  # the mixin's host
+        model: Any = self  # a Memformer: the parts used here are its (no import: a cycle)
         probe = memory.prev_tokens[:, :1]  # (B, 1): only batch size and device are read
         model._check_memory(memory, probe)
         memory = model._diagnosed(memory)
@@ -62,7 +59,7 @@ class MemformerDecoding:
 
     def decode(self, tokens: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """Logits [B, n, V] of ``tokens`` [B, n] appended to the segment, with a KV cache."""
-        model = cast("Memformer", self)  # the mixin's host
+        model: Any = self  # a Memformer: the parts used here are its (no import: a cycle)
         model.check_decode(tokens, state)
         n = tokens.shape[1]
         rotary = model.rotary.span(state.length, n)  # (n, hd) each
