@@ -6,6 +6,7 @@ from pathlib import Path
 
 from memtx.bench.generation import measure_ceiling, measure_interleaved
 from memtx.bench.snapshots import measure_sizes
+from memtx.config import load_run_config
 
 
 def test_interleaved_generation_reports_both_rates() -> None:
@@ -16,8 +17,10 @@ def test_interleaved_generation_reports_both_rates() -> None:
 
 def test_the_matmul_ceiling_is_above_generation_and_counts_every_weight() -> None:
     result = measure_ceiling(config="configs/demo.toml", tokens=32, rounds=1)
-    # 4 blocks of q/k/v (192 x 576), out (192 x 192), FFN (192 x 768, 768 x 192); head 192 x 256
-    floats = 4 * (192 * 576 + 192 * 192 + 2 * 192 * 768) + 192 * 256
+    model = load_run_config(Path("configs/demo.toml")).model
+    d, layers = model.d_model, model.n_layers
+    # per block q/k/v (d x 3d), out (d x d), FFN (d x 4d, 4d x d); the tied head d x 256
+    floats = layers * (d * 3 * d + d * d + 2 * d * 4 * d) + d * 256
     assert result["matmul_weights_mb"] == round(floats * 4 / 1e6, 2)
     # Generation does the same products and everything else: it cannot be faster.
     assert result["ceiling_over_generation"] > 1.0
