@@ -131,6 +131,11 @@ class MemformerConfig(ModelConfig):
             reads its cache of layer l's inputs; no extra compute, the same state) or
             ``"aligned"`` (block l reads depth ``min(l, E)``: the depths Transformer-XL's
             first E + 1 blocks read, H for the blocks past E).
+        slot_bias_init: how BMN's bias v_i starts: ``"normal"`` (entries N(0, 1), so
+            ``|v_i| ~ sqrt(d_model)``, about 10x a written slot's norm at init: the slots
+            stay near the terminal state whatever is written) or ``"unit"`` (the same
+            directions scaled to ``|v_i| = 1``, the scale of what the writer adds; the
+            terminal state ``v_i / |v_i|`` is the same either way).
     """
 
     name: ClassVar[str] = "memformer"
@@ -145,6 +150,7 @@ class MemformerConfig(ModelConfig):
     context_positions: bool = False
     context_attention: Literal["cross", "joint"] = "cross"
     context_depth: Literal["last", "layered", "aligned"] = "last"
+    slot_bias_init: Literal["normal", "unit"] = "normal"
 
     def _validate(self) -> None:
         enc, dec, total = self.encoder_layers, self.decoder_layers, self.n_layers

@@ -90,6 +90,29 @@ def test_bmn_slots_have_unit_norm_and_move_after_writing() -> None:
     assert not torch.allclose(memory.slots, model.init_memory(3).slots)
 
 
+def test_unit_slot_bias_keeps_the_terminal_state_and_lets_writes_through() -> None:
+    """``slot_bias_init="unit"``: the same terminal state as ``"normal"`` (same seed), |v_i|
+    = 1, and what is written moves the slots further from it, so different inputs leave
+    slots further apart (with N(0, 1) entries |v_i| ~ sqrt(d) swamps a write)."""
+    torch.manual_seed(0)
+    normal = memformer(d_model=64, slot_bias_init="normal").eval()
+    torch.manual_seed(0)
+    unit = memformer(d_model=64, slot_bias_init="unit").eval()
+    assert normal.slot_bias is not None and unit.slot_bias is not None
+    torch.testing.assert_close(unit.slot_bias.norm(dim=-1), torch.ones(SLOTS))
+    torch.testing.assert_close(unit.terminal_state(), normal.terminal_state())
+    assert normal.slot_bias.norm(dim=-1).min() > 4  # ~ sqrt(64)
+
+    def spread(model: Memformer) -> tuple[float, float]:
+        memory = after_one_segment(model, 4)  # 4 rows, different tokens
+        moved = (memory.slots - model.terminal_state()).norm(dim=-1).mean().item()
+        return moved, memory.slots.std(0).norm(dim=-1).mean().item()
+
+    (moved_normal, apart_normal), (moved_unit, apart_unit) = spread(normal), spread(unit)
+    assert moved_unit > 3 * moved_normal
+    assert apart_unit > 3 * apart_normal
+
+
 def test_next_memory_holds_the_segment_right_padded() -> None:
     model = memformer().eval()
     x = tokens(2, 5)
