@@ -189,7 +189,10 @@ def repro_rmt(
     facts: Annotated[bool, typer.Option(help="Also the facts-in-noise length table.")] = True,
     tasks: Annotated[str, typer.Option(help="Comma-separated: copy, reverse.")] = "copy,reverse",
     variants: Annotated[
-        str, typer.Option(help="Comma-separated: rmt, rmt_start_only, transformer_xl, transformer.")
+        str,
+        typer.Option(
+            help="Comma-separated: rmt, armt, rmt_start_only, transformer_xl, transformer."
+        ),
     ] = "rmt,rmt_start_only,transformer_xl,transformer",
     set_: Annotated[
         Optional[list[str]],
