@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from memtx.models.memformer import Memformer
+from memtx.modules.attention import merge_heads, split_heads
 from memtx.recurrence import rollout
 from memtx.train import load_trained, prepare_data
 
@@ -88,10 +89,9 @@ def main() -> None:
             memory.slots,
         )
         written, attention = model.writer(memory.slots, hidden, None)
-        b, k, d = memory.slots.shape
-        heads = attention.shape[1]
-        per_head = memory.slots.view(b, k, heads, d // heads).transpose(1, 2)  # (B, h, k, hd)
-        retained = (attention[..., :1] * per_head).transpose(1, 2).reshape(b, k, d)
+        # The writer's retained part, as SlotWriter.forward computes it.
+        per_head = split_heads(memory.slots, attention.shape[1])  # (B, h, k, hd)
+        retained = merge_heads(attention[..., :1] * per_head)  # (B, k, d)
     bias = model.slot_bias.norm(dim=-1).mean().item() if model.slot_bias is not None else 0.0
     print(
         f"BMN's sum: |retained| {retained.norm(dim=-1).mean():.3f}, "
