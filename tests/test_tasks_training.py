@@ -160,6 +160,11 @@ def test_task_run_resumes_exactly(tmp_path: Path) -> None:
         ("task.last_stage_lr=-1e-4", "task.last_stage_lr must be >= 0"),
         ("task.name=babilong\ntask.qa=qa9", "task.qa must be"),
         ("task.name=babilong\ntask.story_facts=-1", "task.story_facts must be >= 0"),
+        ("task.name=babilong\ntask.fact_stages=[1, 4, 2]", "fact_stages must not decrease"),
+        ("task.name=babilong\ntask.fact_stages=[0, 2, 4]", "story fact counts >= 1"),
+        ("task.name=babilong\ntask.fact_stages=[1, 2]", "must have the same length"),
+        ("task.fact_stages=[1, 2, 4]", "babilong only"),
+        ("task.advance_on=loss", "task.advance_on must be"),
     ],
 )
 def test_bad_task_configs(item: str, message: str) -> None:
@@ -308,7 +313,7 @@ def test_vary_segments_draws_each_batch_from_the_first_stage_to_the_current(
         eval_noise=shakespeare.valid,
     )
     assert {source.next_batch().inputs.shape[1] for _ in range(8)} == {128}  # stage 0: 2
-    assert source.after_validation({"token_accuracy": 1.0}).startswith("curriculum stage 1")
+    assert source.after_validation({"exact_match": 1.0}).startswith("curriculum stage 1")
     lengths = {source.next_batch().inputs.shape[1] // 64 for _ in range(60)}
     assert lengths == {2, 3, 4, 5, 6}
     # validation stays at the stage's length
@@ -321,5 +326,36 @@ def test_vary_segments_draws_each_batch_from_the_first_stage_to_the_current(
         seed=0,
         noise=shakespeare.train,
     )
-    fixed.after_validation({"token_accuracy": 1.0})
+    fixed.after_validation({"exact_match": 1.0})
     assert {fixed.next_batch().inputs.shape[1] for _ in range(8)} == {384}
+
+
+def test_fact_stages_grow_the_story_and_babilong_advances_on_exact_match(shakespeare) -> None:
+    from memtx.training.sources import TaskSource
+
+    overrides = [
+        *BABILONG,
+        "task.segments=4",
+        "task.stages=[4, 4, 4]",
+        "task.fact_stages=[1, 2, 4]",
+        "task.background=false",
+        "task.advance_at=0.9",
+    ]
+    cfg = load_run_config(None, overrides=overrides).task
+    assert cfg is not None and cfg.advance_metric == "exact_match"
+    source = TaskSource(cfg, segment_len=64, rows=8, rank=0, seed=0, noise=shakespeare.train)
+    for stage, facts in enumerate((1, 2, 4)):
+        for row in source.next_batch().inputs:
+            story = bytes(row.tolist()).decode().strip().split(" Where is ")[0]
+            assert story.count(".") == facts, story
+        if stage < 2:
+            # 8-byte answers are right in all but their first byte long before they are
+            # right in full: token accuracy alone must not end a stage.
+            assert source.after_validation({"token_accuracy": 0.99, "exact_match": 0.5}) is None
+            message = source.after_validation({"token_accuracy": 0.99, "exact_match": 0.95})
+            assert message == (
+                f"curriculum stage {stage + 1}: 4 segments, {(1, 2, 4)[stage + 1]} story facts "
+                "(exact match 0.950)"
+            )
+    assert source.task(4).story_facts == 4  # evaluation: the last stage's story
+    assert load_run_config(None, overrides=TASK).task.advance_metric == "token_accuracy"

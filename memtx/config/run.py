@@ -152,14 +152,23 @@ class TaskConfig(Checked):
             to its copy, so each stage reaches a little further back through the memory).
             Empty: ``source_len`` throughout. When both lists are given they pair up
             stage by stage and must have the same length; a single list sets the count.
+        fact_stages: babilong story facts for each stage, e.g. ``[1, 2, 4, 4]`` (a story of
+            one fact teaches where the answer is; more facts, which fact answers): the
+            story-size curriculum. Pairs with ``stages`` as ``source_stages`` does. Empty:
+            ``story_facts`` throughout.
         stage_steps: at most this many steps per stage.
         vary_segments: each training batch draws its number of segments uniformly from
             the first stage's .. the current stage's (the first stage's is the shortest
             the task fits in; validation stays at the stage's): a model that only ever
             sees the stage's length learns where the question is, not to keep a fact
             for as long as it takes (the BABILong/ARMT recipe).
-        advance_at: answer token accuracy (on ``eval_samples`` held-out samples, checked
+        advance_at: held-out accuracy (``advance_on``, on ``eval_samples`` samples, checked
             every ``train.eval_every`` steps) that ends a stage early.
+        advance_on: which accuracy ``advance_at`` and ``stop_at`` read: ``token_accuracy``
+            (share of answer tokens right), ``exact_match`` (share of answers right in
+            full) or ``auto``: exact match for babilong, whose padded 8-byte answers are
+            0.93 token accuracy at 0.5 exact (the first byte decides the word, the rest
+            follows from it), token accuracy otherwise.
         stop_at: the same accuracy at the last stage ends training (> 1: never).
         last_stage_lr: from the start of the last stage on, the learning rate is at most
             this (0: the schedule's throughout). A long curriculum tends to end on a
@@ -184,9 +193,11 @@ class TaskConfig(Checked):
     segments: int = 9
     stages: tuple[int, ...] = ()
     source_stages: tuple[int, ...] = ()
+    fact_stages: tuple[int, ...] = ()
     stage_steps: int = 1000
     vary_segments: bool = False
     advance_at: float = 0.97
+    advance_on: Literal["auto", "token_accuracy", "exact_match"] = "auto"
     stop_at: float = 2.0
     last_stage_lr: float = 0.0
     eval_samples: int = 256
@@ -230,11 +241,21 @@ class TaskConfig(Checked):
             raise ConfigError(
                 f"task.source_stages applies to copy and reverse only, not {self.name!r}"
             )
-        if self.stages and self.source_stages and len(self.stages) != len(self.source_stages):
+        if any(not isinstance(n, int) or n < 1 for n in self.fact_stages):
             raise ConfigError(
-                f"task.stages ({len(self.stages)} stages) and task.source_stages "
-                f"({len(self.source_stages)}) must have the same length"
+                f"task.fact_stages must be story fact counts >= 1, got {list(self.fact_stages)}"
             )
+        if list(self.fact_stages) != sorted(self.fact_stages):
+            raise ConfigError(f"task.fact_stages must not decrease, got {list(self.fact_stages)}")
+        if self.fact_stages and self.name != "babilong":
+            raise ConfigError(f"task.fact_stages applies to babilong only, not {self.name!r}")
+        for name in ("source_stages", "fact_stages"):
+            other = getattr(self, name)
+            if self.stages and other and len(self.stages) != len(other):
+                raise ConfigError(
+                    f"task.stages ({len(self.stages)} stages) and task.{name} "
+                    f"({len(other)}) must have the same length"
+                )
 
     @property
     def needs_background(self) -> bool:
@@ -243,7 +264,7 @@ class TaskConfig(Checked):
 
     @property
     def num_stages(self) -> int:
-        return max(len(self.stages), len(self.source_stages), 1)
+        return max(len(self.stages), len(self.source_stages), len(self.fact_stages), 1)
 
     @property
     def stage_segments(self) -> tuple[int, ...]:
@@ -254,22 +275,32 @@ class TaskConfig(Checked):
         """Source length per stage (0: the task's default, half the sequence)."""
         return self.source_stages or (self.source_len,) * self.num_stages
 
-    def task_params(self, *, source_len: int | None = None) -> dict[str, Any]:
-        """The parameters ``make_task`` takes for this task.
+    @property
+    def stage_facts(self) -> tuple[int, ...]:
+        """babilong story facts per stage (0: the task's default)."""
+        return self.fact_stages or (self.story_facts,) * self.num_stages
 
-        ``source_len``: a stage's source length; by default the last stage's, the length the
-        curriculum ends with and evaluation uses.
-        """
+    @property
+    def advance_metric(self) -> str:
+        """The validation metric ``advance_at`` and ``stop_at`` read (``advance_on`` resolved)."""
+        if self.advance_on != "auto":
+            return self.advance_on
+        return "exact_match" if self.name == "babilong" else "token_accuracy"
+
+    def task_params(self, *, stage: int | None = None) -> dict[str, Any]:
+        """The parameters ``make_task`` takes for this task at curriculum ``stage``; by
+        default the last stage's, the task the curriculum ends with and evaluation uses."""
+        stage = self.num_stages - 1 if stage is None else stage
         if self.name in ("copy", "reverse"):
             params: dict[str, Any] = {"alphabet": self.alphabet, "filler_at": self.filler_at}
-            source_len = self.stage_sources[-1] if source_len is None else source_len
-            if source_len:
-                params["source_len"] = source_len
+            if self.stage_sources[stage]:
+                params["source_len"] = self.stage_sources[stage]
             return params
         if self.name == "associative":
             return {"pairs": self.pairs}
         if self.name == "babilong":
-            return {"qa": self.qa, "story_facts": self.story_facts, "background": self.background}
+            facts = self.stage_facts[stage]
+            return {"qa": self.qa, "story_facts": facts, "background": self.background}
         return {"num_facts": self.num_facts, "value_len": self.value_len}
 
 

@@ -131,20 +131,21 @@ class TaskSource:
         self.generator = torch.Generator().manual_seed(seed * 7919 + rank)
         self._tasks: dict[tuple[int, int, bool], Any] = {}
         # A bad task config (at any stage) fails before training starts.
-        for segments, source_len in zip(cfg.stage_segments, cfg.stage_sources, strict=True):
-            self.task(segments, source_len=source_len)
-            self.task(segments, source_len=source_len, held_out=True)
+        for stage, segments in enumerate(cfg.stage_segments):
+            self.task(segments, stage=stage)
+            self.task(segments, stage=stage, held_out=True)
         self.task(cfg.segments)
         self.task(cfg.segments, held_out=True)
 
-    def task(self, segments: int, *, source_len: int | None = None, held_out: bool = False) -> Any:
-        """The task with ``segments`` segments per sample (built once per shape); with
+    def task(self, segments: int, *, stage: int | None = None, held_out: bool = False) -> Any:
+        """The task with ``segments`` segments per sample and curriculum ``stage``'s source
+        length or story size (by default the last stage's), built once per shape; with
         ``held_out``, its background is ``eval_noise`` (when given)."""
         from memtx.data.tasks import make_task
 
-        source_len = self.cfg.stage_sources[-1] if source_len is None else source_len
+        params = self.cfg.task_params(stage=stage)
         held_out = held_out and self.eval_noise is not None
-        key = (segments, source_len, held_out)
+        key = (segments, tuple(sorted(params.items())), held_out)
         if key not in self._tasks:
             extra: dict[str, Any] = {}
             if self.cfg.needs_background:
@@ -156,7 +157,7 @@ class TaskSource:
                 segments=segments,
                 segment_len=self.segment_len,
                 seed=self.seed,
-                **self.cfg.task_params(source_len=source_len),
+                **params,
                 **extra,
             )
         return self._tasks[key]
@@ -168,23 +169,22 @@ class TaskSource:
     @property
     def current_task(self) -> Any:
         """The task of the current curriculum stage."""
-        return self.task(self.segments, source_len=self.cfg.stage_sources[self.stage])
+        return self.task(self.segments, stage=self.stage)
 
     def next_batch(self) -> Batch:
         task = self.current_task
         shortest = self.cfg.stage_segments[0]  # checked to fit when the source was built
         if self.cfg.vary_segments and self.segments > shortest:
             drawn = int(torch.randint(shortest, self.segments + 1, (1,), generator=self.generator))
-            task = self.task(drawn, source_len=self.cfg.stage_sources[self.stage])
+            task = self.task(drawn, stage=self.stage)
         sample = task.sample(self.rows, generator=self.generator)
         count = int((sample.targets != -100).sum())
         return Batch(sample.inputs, sample.targets, True, count)
 
     def validate(self, model: SegmentModel, *, device: torch.device) -> dict[str, float]:
-        source_len = self.cfg.stage_sources[self.stage]
         metrics = evaluate_task(
             model,
-            self.task(self.segments, source_len=source_len, held_out=True),
+            self.task(self.segments, stage=self.stage, held_out=True),
             samples=self.cfg.eval_samples,
             device=device,
             seed=self.seed + 1,
@@ -192,6 +192,8 @@ class TaskSource:
         metrics = {**metrics, "segments": float(self.segments), "stage": float(self.stage)}
         if self.cfg.source_stages:
             metrics["source_len"] = float(self.cfg.stage_sources[self.stage])
+        if self.cfg.fact_stages:
+            metrics["story_facts"] = float(self.cfg.stage_facts[self.stage])
         return metrics
 
     def learning_rate(self, scheduled: float) -> float:
@@ -208,13 +210,15 @@ class TaskSource:
         return None
 
     def after_validation(self, metrics: dict[str, float]) -> str | None:
-        accuracy = metrics.get("token_accuracy", 0.0)
+        metric = self.cfg.advance_metric
+        accuracy = metrics.get(metric, 0.0)
+        said = metric.replace("_", " ")
         last = self.stage + 1 == self.cfg.num_stages
         if last and accuracy >= self.cfg.stop_at:
             self.solved = True
-            return f"solved at {self.segments} segments (token accuracy {accuracy:.3f})"
+            return f"solved at {self.segments} segments ({said} {accuracy:.3f})"
         if not last and accuracy >= self.cfg.advance_at:
-            return self._advance(f"token accuracy {accuracy:.3f}")
+            return self._advance(f"{said} {accuracy:.3f}")
         return None
 
     def _advance(self, reason: str) -> str:
@@ -223,6 +227,8 @@ class TaskSource:
         where = f"{self.segments} segments"
         if self.cfg.source_stages:
             where += f", source {self.cfg.stage_sources[self.stage]}"
+        if self.cfg.fact_stages:
+            where += f", {self.cfg.stage_facts[self.stage]} story facts"
         return f"curriculum stage {self.stage}: {where} ({reason})"
 
     @property
