@@ -9,8 +9,16 @@ import pytest
 from typer.testing import CliRunner
 
 import memtx.evaluate
-from memtx.bench.babilong import MODELS, TASK_OVERRIDES, bench_babilong, length_label, run_config
+from memtx.bench.babilong import (
+    MODELS,
+    QA1_ONLY,
+    TASK_OVERRIDES,
+    bench_babilong,
+    length_label,
+    run_config,
+)
 from memtx.cli import app
+from memtx.errors import ConfigError
 
 TINY = [
     "model.d_model=16",
@@ -138,10 +146,17 @@ def test_the_verb_end_to_end(tmp_path: Path) -> None:
 def test_every_row_is_its_preset_with_overrides_that_apply(model: str) -> None:
     label, _, overrides = MODELS[model]
     for qa in TASK_OVERRIDES:
+        if model in QA1_ONLY and qa != "qa1":
+            with pytest.raises(ConfigError, match="is a qa1 row"):
+                run_config(model, qa)
+            continue
         run = run_config(model, qa)
         assert run.model.name in model and run.task is not None and run.task.qa == qa
     for override in overrides:  # each override is in the config it made
         section, rest = override.split(".", 1)
         key, value = rest.split("=", 1)
         got = getattr(getattr(run, section), key)
+        if isinstance(got, tuple):  # a list override, e.g. task.stages=[4, 8]
+            assert list(got) == json.loads(value), (label, override)
+            continue
         assert str(got).lower() == value.lower() or float(got) == float(value), (label, override)
