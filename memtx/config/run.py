@@ -229,24 +229,19 @@ class TaskConfig(Checked):
             raise ConfigError(f"task.stages must be segment counts >= 1, got {list(self.stages)}")
         if list(self.stages) != sorted(self.stages):
             raise ConfigError(f"task.stages must not decrease, got {list(self.stages)}")
-        if any(not isinstance(n, int) or n < 1 for n in self.source_stages):
-            raise ConfigError(
-                f"task.source_stages must be source lengths >= 1, got {list(self.source_stages)}"
-            )
-        if list(self.source_stages) != sorted(self.source_stages):
-            raise ConfigError(
-                f"task.source_stages must not decrease, got {list(self.source_stages)}"
-            )
+        for name, what in (
+            ("source_stages", "source lengths"),
+            ("fact_stages", "story fact counts"),
+        ):
+            values = list(getattr(self, name))
+            if any(not isinstance(n, int) or n < 1 for n in values):
+                raise ConfigError(f"task.{name} must be {what} >= 1, got {values}")
+            if values != sorted(values):
+                raise ConfigError(f"task.{name} must not decrease, got {values}")
         if self.source_stages and self.name not in ("copy", "reverse"):
             raise ConfigError(
                 f"task.source_stages applies to copy and reverse only, not {self.name!r}"
             )
-        if any(not isinstance(n, int) or n < 1 for n in self.fact_stages):
-            raise ConfigError(
-                f"task.fact_stages must be story fact counts >= 1, got {list(self.fact_stages)}"
-            )
-        if list(self.fact_stages) != sorted(self.fact_stages):
-            raise ConfigError(f"task.fact_stages must not decrease, got {list(self.fact_stages)}")
         if self.fact_stages and self.name != "babilong":
             raise ConfigError(f"task.fact_stages applies to babilong only, not {self.name!r}")
         for name in ("source_stages", "fact_stages"):

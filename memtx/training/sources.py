@@ -7,9 +7,10 @@ when the memory must start fresh, validates a model, and (for tasks) runs the cu
   memory continues across consecutive rollouts (Transformer-XL's layout).
 - :class:`TaskSource`: each step samples fresh task sequences; every sample starts with a
   fresh memory and the rollout covers all its segments. A curriculum moves through
-  ``task.stages`` (segments per sample) and/or ``task.source_stages`` (copy/reverse source
-  length), a stage ending when the held-out answer accuracy reaches ``task.advance_at`` or
-  after ``task.stage_steps`` steps. Tasks that hide facts in real text (facts, babilong) take
+  ``task.stages`` (segments per sample), ``task.source_stages`` (copy/reverse source
+  length) and/or ``task.fact_stages`` (babilong story facts), a stage ending when the
+  held-out answer accuracy (``task.advance_on``) reaches ``task.advance_at`` or after
+  ``task.stage_steps`` steps. Tasks that hide facts in real text (facts, babilong) take
   their background from ``noise`` (the train split); validation reads ``eval_noise``
   (held-out documents) when given. With ``task.vary_segments`` each batch draws its
   number of segments from the first stage's .. the current stage's (one count per batch,
@@ -129,7 +130,7 @@ class TaskSource:
         self.stage_step = 0
         self.solved = False
         self.generator = torch.Generator().manual_seed(seed * 7919 + rank)
-        self._tasks: dict[tuple[int, int, bool], Any] = {}
+        self._tasks: dict[tuple[Any, ...], Any] = {}  # (segments, params, held_out) -> task
         # A bad task config (at any stage) fails before training starts.
         for stage, segments in enumerate(cfg.stage_segments):
             self.task(segments, stage=stage)
