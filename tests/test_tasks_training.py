@@ -11,6 +11,7 @@ import pytest
 from memtx.config import load_run_config
 from memtx.errors import ConfigError
 from memtx.train import load_saved_run, train
+from tests.helpers import bpe_corpus
 
 TASK = [
     "model.name=rmt",
@@ -359,3 +360,33 @@ def test_fact_stages_grow_the_story_and_babilong_advances_on_exact_match(shakesp
             )
     assert source.task(4).story_facts == 4  # evaluation: the last stage's story
     assert load_run_config(None, overrides=TASK).task.advance_metric == "token_accuracy"
+
+
+def test_babilong_in_bpe_tokens_learns_the_task_words_and_evaluates_from_its_folder(
+    tmp_path: Path,
+) -> None:
+    from memtx.data import load_tokenizer
+    from memtx.train import evaluate_task_run
+
+    overrides = [
+        *BABILONG,
+        *bpe_corpus(tmp_path / "plays", vocab_size=600, part_bytes=80_000),
+        "train.steps=4",
+        "task.eval_samples=4",
+    ]
+    train(load_run_config(None, overrides=overrides), out_dir=tmp_path / "run", progress=False)
+    saved = load_saved_run(tmp_path / "run")
+    tokenizer = load_tokenizer(tmp_path / "run")
+    assert tokenizer.kind == "bpe" and saved.model.vocab_size == tokenizer.vocab_size == 600
+    # The tokenizer learned the task's words with the corpus: one token each.
+    for word in (" Sandra", " journeyed", " hallway", " bathroom", " kitchen"):
+        assert len(tokenizer.encode(word)) == 1, word
+    metrics = evaluate_task_run(tmp_path / "run", segments=4, samples=4)
+    assert metrics["segments"] == 4.0 and 0.0 <= metrics["exact_match"] <= 1.0
+
+
+def test_a_byte_level_task_refuses_another_tokenizer(tmp_path: Path) -> None:
+    run = load_run_config(None, overrides=[*TASK, "data.tokenizer=bpe"])
+    with pytest.raises(ConfigError, match=r"task 'copy' is byte-level.*also take 'bpe'"):
+        train(run, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -208,6 +208,7 @@ def bench_babilong(
     """
     import torch
 
+    from memtx.data import load_tokenizer
     from memtx.data.tasks import BabilongTask, make_task
     from memtx.evaluate import evaluate_haystacks
     from memtx.progress import progress_bar
@@ -246,14 +247,34 @@ def bench_babilong(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "babilong.json"
     saved = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    held_out, base_note = eval_background(corpus)
+    backgrounds: dict[str, tuple[np.ndarray, str, Any]] = {}
+
+    def held_out_of(model: str, qa: str) -> tuple[np.ndarray, str, Any] | None:
+        """The held-out background in the run's tokens, its note and tokenizer (None
+        for bytes); None while a run with its own tokenizer has not made it yet."""
+        run, run_dir = runs[(model, qa)], runs_dir / f"{model}-{qa}"
+        key, tokenizer = "byte", None
+        if run.data.tokenizer != "byte":
+            if not (run_dir / "tokenizer.json").is_file():
+                return None
+            key, tokenizer = str(run_dir), load_tokenizer(run_dir)
+        if key not in backgrounds:
+            backgrounds[key] = (*eval_background(corpus, tokenizer=tokenizer), tokenizer)
+        return backgrounds[key]
+
     cells: dict[str, Any] = saved.get("cells", {})
-    payload = {"background": base_note, "models": {m: MODELS[m][0] for m in models}, "cells": cells}
+    payload = {
+        "background": eval_background(corpus)[1],
+        "models": {m: MODELS[m][0] for m in models},
+        "cells": cells,
+    }
 
     def fresh(model: str, qa: str, length: int, count: int) -> bool:
-        cell = cells.get(f"{model}/{qa}/{length}")
-        note = background_note(base_note, held_out=len(held_out), length=length)
-        return cell is not None and cell["samples"] == count and cell["background"] == note
+        cell, held = cells.get(f"{model}/{qa}/{length}"), held_out_of(model, qa)
+        if cell is None or held is None:
+            return False
+        note = background_note(held[1], held_out=len(held[0]), length=length)
+        return cell["samples"] == count and cell["background"] == note
 
     todo = [p for p in plans if not fresh(p[0], p[1], p[2], p[5])]
     echo(f"babilong: {len(plans) - len(todo)} of {len(plans)} cells already saved in {json_path}")
@@ -271,9 +292,16 @@ def bench_babilong(
             _ensure_trained(runs[(model, qa)], run_dir, echo)
             run, net = load_trained(run_dir, device=torch.device(device))
             assert run.task is not None
+            held = held_out_of(model, qa)
+            assert held is not None  # the run is trained: its tokenizer is there
+            held_out, base_note, tokenizer = held
             for _, _, length, segments, hidden, count in mine:
                 background, note = haystack_background(held_out, base_note, length)
-                params: dict[str, Any] = {**run.task.task_params(), "background": hidden}
+                params: dict[str, Any] = {
+                    **run.task.task_params(),
+                    "background": hidden,
+                    "tokenizer": tokenizer,
+                }
                 if hidden:
                     params["noise"] = background
                 task = BabilongTask(

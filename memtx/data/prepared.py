@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from memtx.data.streams import encode_documents
 from memtx.data.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer
 from memtx.errors import DataError
 
-__all__ = ["PreparedData", "no_corpus", "prepare_data"]
+__all__ = ["TASK_TEXT_REPEATS", "PreparedData", "no_corpus", "prepare_data"]
 
 
 @dataclass
@@ -34,11 +36,24 @@ class PreparedData:
     bytes_per_token: dict[str, float]
 
 
-def prepare_data(config: DataConfig, *, tokenizer: Tokenizer | None = None) -> PreparedData:
+#: how often a task's sentences are repeated among a BPE tokenizer's training texts: a
+#: run reads them in every sample, so their words must become tokens as a corpus's
+#: common words do (about 20K mentions of a qa1 name against 4.5M bytes of plays)
+TASK_TEXT_REPEATS = 1000
+
+
+def prepare_data(
+    config: DataConfig,
+    *,
+    tokenizer: Tokenizer | None = None,
+    task_texts: Sequence[str] = (),
+) -> PreparedData:
     """Load the corpus of ``config``, split it by whole documents, tokenize each split.
 
     A BPE tokenizer is trained on the training split unless ``tokenizer`` is given
-    (a resumed or evaluated run passes the one saved with it).
+    (a resumed or evaluated run passes the one saved with it), and on ``task_texts``
+    (a task's sentences, :func:`memtx.data.tasks.task_vocabulary`), each repeated
+    :data:`TASK_TEXT_REPEATS` times: what a task run trains on besides the corpus.
 
     Raises:
         DataError: a corpus that cannot be found or read.
@@ -59,9 +74,11 @@ def prepare_data(config: DataConfig, *, tokenizer: Tokenizer | None = None) -> P
         if config.tokenizer == "byte":
             tokenizer = ByteTokenizer()
         else:
-            tokenizer = build_tokenizer(
-                "bpe", train_texts=(d.data for d in splits.train), vocab_size=config.bpe_vocab_size
+            texts = itertools.chain(
+                (d.data for d in splits.train),
+                (text for text in task_texts for _ in range(TASK_TEXT_REPEATS)),
             )
+            tokenizer = build_tokenizer("bpe", train_texts=texts, vocab_size=config.bpe_vocab_size)
     arrays: dict[str, np.ndarray] = {}
     ratios: dict[str, float] = {}
     for name in ("train", "valid", "test"):

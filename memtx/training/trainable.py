@@ -32,6 +32,7 @@ from torch import nn
 from memtx.config import ModelConfig, RunConfig, TrainConfig
 from memtx.config.pretrained import base_identity
 from memtx.data import Tokenizer
+from memtx.data.tasks import task_vocabulary
 from memtx.errors import ConfigError
 from memtx.models.backbones import HFBackbone
 from memtx.models.protocol import SegmentLM
@@ -41,6 +42,8 @@ __all__ = [
     "base_model_identity",
     "check_base_model",
     "check_tokenizer_choice",
+    "task_texts",
+    "task_tokenizer",
     "fit_vocabulary",
     "select_trainable",
 ]
@@ -114,7 +117,8 @@ def check_base_model(saved: dict[str, Any] | None, model_config: ModelConfig) ->
         )
 
 
-#: The tasks that phrase their facts and answers as text, so a tokenizer can encode them.
+#: The tasks that phrase their facts and answers as text, so a tokenizer (the run's BPE or
+#: a pretrained model's own) can encode them.
 TEXT_TASKS: tuple[str, ...] = ("facts", "babilong")
 
 
@@ -126,12 +130,27 @@ def check_tokenizer_choice(run: RunConfig) -> None:
             "data.tokenizer='hf' is a pretrained model's own: set model.backbone='hf' and "
             "model.hf_path"
         )
-    in_its_tokens = tokenizer == "hf" and run.task is not None and run.task.name in TEXT_TASKS
-    if run.task is not None and tokenizer != "byte" and not in_its_tokens:
+    if run.task is not None and tokenizer != "byte" and run.task.name not in TEXT_TASKS:
         raise ConfigError(
             f"task {run.task.name!r} is byte-level: data.tokenizer must be 'byte' (the "
-            f"{' and '.join(TEXT_TASKS)} tasks also take 'hf', the pretrained model's tokenizer)"
+            f"{' and '.join(TEXT_TASKS)} tasks also take 'bpe', trained on the corpus, and "
+            f"'hf', the pretrained model's tokenizer)"
         )
+
+
+def task_tokenizer(run: RunConfig, tokenizer: Tokenizer) -> Tokenizer | None:
+    """The tokenizer a run's task writes its text in: ``None`` for bytes (the tasks' own
+    layout), else ``tokenizer`` (the run's BPE or the pretrained model's own)."""
+    return None if run.data.tokenizer == "byte" else tokenizer
+
+
+def task_texts(run: RunConfig) -> tuple[str, ...]:
+    """What a BPE tokenizer trained for ``run`` learns besides the corpus: its task's
+    sentences (their words become tokens, as a pretrained tokenizer's names and places
+    are); nothing for other tokenizers or runs without a text task."""
+    if run.task is None or run.data.tokenizer != "bpe":
+        return ()
+    return task_vocabulary(run.task.name, **run.task.task_params())
 
 
 def fit_vocabulary(run: RunConfig, tokenizer: Tokenizer) -> RunConfig:

@@ -19,6 +19,7 @@ from memtx.bench.babilong import (
 )
 from memtx.cli import app
 from memtx.errors import ConfigError
+from tests.helpers import bpe_corpus
 
 TINY = [
     "model.d_model=16",
@@ -35,13 +36,13 @@ def _bench(tmp_path: Path, lengths: list[int], **kwargs) -> Path:
     return bench_babilong(
         out_dir=tmp_path / "out",
         runs_dir=tmp_path / "runs",
-        models=["rmt", "transformer"],
+        models=kwargs.pop("models", ["rmt", "transformer"]),
         tasks=["qa1"],
         lengths=lengths,
         samples=3,
         long_samples=2,
         batch_size=2,
-        overrides=TINY,
+        overrides=kwargs.pop("overrides", TINY),
         progress=False,
         echo=kwargs.pop("echo", lambda _: None),
         **kwargs,
@@ -160,3 +161,31 @@ def test_every_row_is_its_preset_with_overrides_that_apply(model: str) -> None:
             assert list(got) == json.loads(value), (label, override)
             continue
         assert str(got).lower() == value.lower() or float(got) == float(value), (label, override)
+
+
+def test_a_bpe_row_is_scored_on_held_out_text_in_its_own_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memtx.data import load_tokenizer
+
+    corpus = tmp_path / "plays"
+    overrides = [*TINY, *bpe_corpus(corpus, vocab_size=400)]
+    kwargs = {"overrides": overrides, "models": ["rmt"], "corpus": str(corpus)}
+    md = _bench(tmp_path, [0, 256], **kwargs)
+    tokenizer = load_tokenizer(tmp_path / "runs" / "rmt-qa1")
+    assert tokenizer.kind == "bpe" and len(tokenizer.encode(" bathroom")) == 1
+    cells = json.loads((tmp_path / "out" / "babilong.json").read_text())["cells"]
+    hidden = cells["rmt/qa1/256"]
+    assert "bpe tokens, never trained on" in hidden["background"]
+    assert hidden["tokens"] == 3 * 256 and 0.0 <= hidden["exact_match"] <= 1.0
+    # The saved cells are fresh for the same run: nothing is evaluated again.
+    calls: list[int] = []
+    real = memtx.evaluate.evaluate_haystacks
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memtx.evaluate, "evaluate_haystacks", counted)
+    _bench(tmp_path, [0, 256], **kwargs)
+    assert calls == [] and md.exists()

@@ -425,3 +425,68 @@ def test_a_tokenizer_without_a_one_token_space_is_refused(bpe) -> None:
 
     with pytest.raises(ConfigError, match="encode a space as one token"):
         task_of("qa1", noise=bpe.encode(TEXT * 400), tokenizer=TwoTokenSpace())
+
+
+# --------------------------------------------------------------------------- sentences and bounds
+
+
+@pytest.mark.parametrize("qa", QA_TASKS)
+def test_sentences_hold_every_fact_and_question_a_story_writes(qa: str) -> None:
+    from memtx.data.tasks.babi import LONGEST_FACT, LONGEST_QUESTION, sentences
+
+    facts, questions = sentences(qa)
+    for seed in range(300):
+        story = make_story(qa, 4 if qa == "qa4" else 8, random.Random(seed))
+        assert set(story.facts) <= set(facts) and story.question in questions
+    assert LONGEST_FACT[qa] == max(len(f) for f in facts) + 1  # with its space
+    assert LONGEST_QUESTION[qa] == max(len(q) for q in questions)
+
+
+def test_in_a_tokenizers_ids_the_story_must_fit_in_its_tokens_not_its_bytes() -> None:
+    from memtx.data.tasks import BabilongTask, task_vocabulary
+    from memtx.data.tasks.babi import sentences
+    from memtx.data.tokenizers import BPETokenizer
+
+    # A BPE that learned the task's words: each name, verb and place one token.
+    vocabulary = task_vocabulary("babilong", qa="qa1")
+    words = BPETokenizer.train([TEXT, *(s for s in vocabulary for _ in range(50))], vocab_size=600)
+    assert len(words.encode(" Daniel journeyed to the hallway.")) == 6
+    # 4 facts, the question and the answer: 161 bytes, but 4 * 6 + 4 + 1 = 29 tokens.
+    with pytest.raises(ConfigError, match="needs up to 160 input tokens"):
+        task_of("qa1", segments=1, background=False)
+    task = task_of("qa1", segments=1, background=False, tokenizer=words)
+    for seed in range(50):
+        row, story = task.row(seed)
+        assert len(row) == SEGMENT_LEN + 1
+        assert words.decode_bytes(row).decode().strip().startswith(story.facts[0])
+    # A story that does not fit in tokens either is refused, naming the count.
+    facts, questions = sentences("qa1")
+    fact = max(len(words.encode(f" {f}")) for f in facts)
+    question = max(len(words.encode(f" {q}")) for q in questions)
+    needed = 4 * fact + question + 1 - 1  # a one-token answer; the last is a target only
+    assert needed < 40
+    with pytest.raises(ConfigError, match=f"needs up to {needed} input tokens"):
+        BabilongTask(
+            total_len=16,
+            segments=1,
+            segment_len=16,
+            seed=0,
+            story_facts=4,
+            background=False,
+            tokenizer=words,
+        )
+
+
+def test_task_vocabulary_is_the_text_tasks_sentences() -> None:
+    from memtx.data.tasks import task_vocabulary
+
+    qa2 = task_vocabulary("babilong", qa="qa2", story_facts=3, background=False)
+    assert "Where is the milk?" in qa2 and "John picked up the apple there." in qa2
+    assert set(PLACES) <= set(qa2)
+    facts = task_vocabulary("facts", num_facts=2)
+    assert "The key of Alice is" in facts and "What is the key of Alice?" in facts
+    assert task_vocabulary("copy") == ()
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+        task_vocabulary("nope")
+    with pytest.raises(ConfigError, match="unknown babilong task 'qa9'"):
+        task_vocabulary("babilong", qa="qa9")

@@ -41,7 +41,7 @@ from memtx.data.tasks.base import (
     task_lengths,
 )
 from memtx.data.tasks.facts import NAMES, FactsTask
-from memtx.data.tasks.registry import TASKS, make_task
+from memtx.data.tasks.registry import TASKS, make_task, task_vocabulary
 from memtx.data.tasks.synthetic import (
     DIGITS,
     FILLER,
@@ -81,4 +81,5 @@ __all__ = [
     "make_task",
     "read_babilong",
     "task_lengths",
+    "task_vocabulary",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "QA_TASKS",
     "Story",
     "make_story",
+    "sentences",
 ]
 
 PEOPLE: tuple[str, ...] = ("Mary", "John", "Sandra", "Daniel")
@@ -49,6 +50,23 @@ DEFAULT_STORY_FACTS: dict[str, int] = {"qa1": 4, "qa2": 8, "qa3": 10, "qa4": 2, 
 MIN_STORY_FACTS = {"qa1": 1, "qa2": 2, "qa3": 3, "qa4": 1, "qa5": 1}
 MAX_STORY_FACTS = {"qa4": len(PLACES) - 1}  # each fact places one more place
 _TRIES = 1000
+
+# The sentences, as bAbI writes them: one template each, shared by the stories and by
+# :func:`sentences` (every sentence a task can write).
+MOVE = "{person} {verb} to the {place}."
+TAKE = "{person} {verb} the {thing} there."
+DROP = "{person} {verb} the {thing}."
+GIVE = "{person} {verb} the {thing} to {receiver}."
+RELATION = "The {place} is {direction} of the {other}."
+WHERE_PERSON = "Where is {person}?"
+WHERE_THING = "Where is the {thing}?"
+WHERE_BEFORE = "Where was the {thing} before the {place}?"
+WHAT_IS_OF = "What is {direction} of the {other}?"
+WHAT_OF = "What is the {place} {direction} of?"
+WHO_GAVE = "Who gave the {thing} to {receiver}?"
+WHO_TO = "Who did {giver} give the {thing} to?"
+WHAT_GAVE = "What did {giver} give to {receiver}?"
+WHO_RECEIVED = "Who received the {thing}?"
 
 
 @dataclass(frozen=True)
@@ -85,10 +103,11 @@ def _qa1(num_facts: int, rng: random.Random) -> Story:
     for index in range(num_facts):
         person = rng.choice(PEOPLE)
         place = rng.choice([p for p in PLACES if p != where.get(person, ("", 0))[0]])
-        facts.append(f"{person} {rng.choice(MOVES)} to the {place}.")
+        facts.append(MOVE.format(person=person, verb=rng.choice(MOVES), place=place))
         where[person] = (place, index)
     person = rng.choice(sorted(where))
-    return Story(tuple(facts), f"Where is {person}?", where[person][0], (where[person][1],))
+    place, support = where[person]
+    return Story(tuple(facts), WHERE_PERSON.format(person=person), place, (support,))
 
 
 @dataclass
@@ -122,26 +141,27 @@ def _carry_world(
         if action == "move":
             here = at.get(person, ("", 0))[0]
             place = rng.choice([p for p in PLACES if p != here])
-            facts.append(f"{person} {rng.choice(MOVES)} to the {place}.")
+            facts.append(MOVE.format(person=person, verb=rng.choice(MOVES), place=place))
             at[person] = (place, index)
             for thing in held:
                 arrive(thing, place, (holder[thing][1], index))
         elif action == "take":
             thing = rng.choice(free)
-            facts.append(f"{person} {rng.choice(TAKES)} the {thing} there.")
+            facts.append(TAKE.format(person=person, verb=rng.choice(TAKES), thing=thing))
             holder[thing] = (person, index)
             if person in at:
                 arrive(thing, at[person][0], (at[person][1], index))
         elif action == "drop":
             thing = rng.choice(held)
-            facts.append(f"{person} {rng.choice(DROPS)} the {thing}.")
+            facts.append(DROP.format(person=person, verb=rng.choice(DROPS), thing=thing))
             del holder[thing]
             if person in at:  # it stays where it is; the drop confirms it
                 history[thing][-1] = _Place(at[person][0], tuple(sorted((at[person][1], index))))
         else:
             thing = rng.choice(held)
             receiver = rng.choice([p for p in people if p != person])
-            facts.append(f"{person} {rng.choice(GIVES)} the {thing} to {receiver}.")
+            verb = rng.choice(GIVES)
+            facts.append(GIVE.format(person=person, verb=verb, thing=thing, receiver=receiver))
             given.append((person, thing, receiver, index))
             holder[thing] = (receiver, index)
     return facts, history, given
@@ -159,7 +179,7 @@ def _qa2(num_facts: int, rng: random.Random) -> Story | None:
         return None
     thing = rng.choice(known)
     last = history[thing][-1]
-    return Story(tuple(facts), f"Where is the {thing}?", last.place, last.support)
+    return Story(tuple(facts), WHERE_THING.format(thing=thing), last.place, last.support)
 
 
 def _qa3(num_facts: int, rng: random.Random) -> Story | None:
@@ -174,7 +194,7 @@ def _qa3(num_facts: int, rng: random.Random) -> Story | None:
         return None
     thing, k = rng.choice(choices)
     before, after = history[thing][k - 1], history[thing][k]
-    question = f"Where was the {thing} before the {after.place}?"
+    question = WHERE_BEFORE.format(thing=thing, place=after.place)
     support = tuple(sorted(set(before.support) | set(after.support)))
     return Story(tuple(facts), question, before.place, support)
 
@@ -194,12 +214,13 @@ def _qa4(num_facts: int, rng: random.Random) -> Story | None:
         ]
         other, direction, spot = rng.choice(sorted(options))
         cell[place] = spot
-        facts.append(f"The {place} is {direction} of the {other}.")
+        facts.append(RELATION.format(place=place, direction=direction, other=other))
     index = rng.randrange(len(facts))
     place, direction, other = _relation(facts[index])
     if rng.random() < 0.5:
-        return Story(tuple(facts), f"What is {direction} of the {other}?", place, (index,))
-    return Story(tuple(facts), f"What is the {place} {direction} of?", other, (index,))
+        question = WHAT_IS_OF.format(direction=direction, other=other)
+        return Story(tuple(facts), question, place, (index,))
+    return Story(tuple(facts), WHAT_OF.format(place=place, direction=direction), other, (index,))
 
 
 def _relation(fact: str) -> tuple[str, str, str]:
@@ -215,10 +236,10 @@ def _qa5(num_facts: int, rng: random.Random) -> Story | None:
     # (question, which event fields it names, which field answers); the latest event
     # that matches the named fields answers.
     kinds = [
-        (f"Who gave the {thing} to {receiver}?", (1, 2), 0),
-        (f"Who did {giver} give the {thing} to?", (0, 1), 2),
-        (f"What did {giver} give to {receiver}?", (0, 2), 1),
-        (f"Who received the {thing}?", (1,), 2),
+        (WHO_GAVE.format(thing=thing, receiver=receiver), (1, 2), 0),
+        (WHO_TO.format(giver=giver, thing=thing), (0, 1), 2),
+        (WHAT_GAVE.format(giver=giver, receiver=receiver), (0, 2), 1),
+        (WHO_RECEIVED.format(thing=thing), (1,), 2),
     ]
     question, named, answers = rng.choice(kinds)
     asked = (giver, thing, receiver)
@@ -229,16 +250,33 @@ def _qa5(num_facts: int, rng: random.Random) -> Story | None:
 _STORIES = {"qa1": _qa1, "qa2": _qa2, "qa3": _qa3, "qa4": _qa4, "qa5": _qa5}
 
 
-def _longest_fact(qa: str) -> int:
-    person = max(len(p) for p in (GIVERS if qa == "qa5" else PEOPLE))
-    place = max(len(p) for p in PLACES)
-    thing = max(len(t) for t in OBJECTS)
-    kinds = {
-        "move": len(f"{'x' * person} {max(MOVES, key=len)} to the {'x' * place}. "),
-        "take": len(f"{'x' * person} {max(TAKES, key=len)} the {'x' * thing} there. "),
-        "drop": len(f"{'x' * person} {max(DROPS, key=len)} the {'x' * thing}. "),
-        "give": len(f"{'x' * person} {max(GIVES, key=len)} the {'x' * thing} to {'x' * person}. "),
-        "relation": len(f"The {'x' * place} is north of the {'x' * place}. "),
+def sentences(qa: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every fact and every question task ``qa``'s stories can hold (a few hundred), for
+    bounds on their length in any tokenizer's tokens."""
+    people = GIVERS if qa == "qa5" else PEOPLE
+    facts = {
+        "move": [
+            MOVE.format(person=p, verb=v, place=w) for p in people for v in MOVES for w in PLACES
+        ],
+        "take": [
+            TAKE.format(person=p, verb=v, thing=t) for p in people for v in TAKES for t in OBJECTS
+        ],
+        "drop": [
+            DROP.format(person=p, verb=v, thing=t) for p in people for v in DROPS for t in OBJECTS
+        ],
+        "give": [
+            GIVE.format(person=p, verb=v, thing=t, receiver=r)
+            for p in people
+            for v in GIVES
+            for t in OBJECTS
+            for r in people
+        ],
+        "relation": [
+            RELATION.format(place=a, direction=d, other=b)
+            for a in PLACES
+            for d in DIRECTIONS
+            for b in PLACES
+        ],
     }
     used = {
         "qa1": ("move",),
@@ -247,26 +285,21 @@ def _longest_fact(qa: str) -> int:
         "qa4": ("relation",),
         "qa5": ("move", "take", "give"),
     }
-    return max(kinds[kind] for kind in used[qa])
-
-
-def _longest_question(qa: str) -> int:
-    person = "x" * max(len(p) for p in (GIVERS if qa == "qa5" else PEOPLE))
-    place, thing = "x" * max(len(p) for p in PLACES), "x" * max(len(t) for t in OBJECTS)
     questions = {
-        "qa1": [f"Where is {person}?"],
-        "qa2": [f"Where is the {thing}?"],
-        "qa3": [f"Where was the {thing} before the {place}?"],
-        "qa4": [f"What is north of the {place}?", f"What is the {place} north of?"],
-        "qa5": [
-            f"Who gave the {thing} to {person}?",
-            f"Who did {person} give the {thing} to?",
-            f"What did {person} give to {person}?",
-            f"Who received the {thing}?",
-        ],
+        "qa1": [WHERE_PERSON.format(person=p) for p in people],
+        "qa2": [WHERE_THING.format(thing=t) for t in OBJECTS],
+        "qa3": [WHERE_BEFORE.format(thing=t, place=w) for t in OBJECTS for w in PLACES],
+        "qa4": [WHAT_IS_OF.format(direction=d, other=w) for d in DIRECTIONS for w in PLACES]
+        + [WHAT_OF.format(place=w, direction=d) for w in PLACES for d in DIRECTIONS],
+        "qa5": [WHO_GAVE.format(thing=t, receiver=r) for t in OBJECTS for r in people]
+        + [WHO_TO.format(giver=g, thing=t) for g in people for t in OBJECTS]
+        + [WHAT_GAVE.format(giver=g, receiver=r) for g in people for r in people]
+        + [WHO_RECEIVED.format(thing=t) for t in OBJECTS],
     }
-    return max(len(q) for q in questions[qa])
+    return tuple(f for kind in used[qa] for f in facts[kind]), tuple(questions[qa])
 
 
-LONGEST_FACT = {qa: _longest_fact(qa) for qa in QA_TASKS}
-LONGEST_QUESTION = {qa: _longest_question(qa) for qa in QA_TASKS}
+#: the longest fact in bytes, with the space that follows it in a story
+LONGEST_FACT = {qa: max(len(f) for f in sentences(qa)[0]) + 1 for qa in QA_TASKS}
+#: the longest question in bytes
+LONGEST_QUESTION = {qa: max(len(q) for q in sentences(qa)[1]) for qa in QA_TASKS}

@@ -29,9 +29,10 @@ question follows a whole sentence. With ``background=False`` (BABILong's length 
 story stands alone, left-padded with spaces to the row. The question and its answer must
 fit in the row's last segment, as for every task with a question.
 
-With a ``tokenizer`` (a pretrained model's own) a row is its ids: the background is text
-in them, each fact, the question and the answer are encoded on their own with a space
-before them, facts go in after a token that ends a sentence, and the pad is the id of " ".
+With a ``tokenizer`` (the run's BPE, or a pretrained model's own) a row is its ids: the
+background is text in them, each fact, the question and the answer are encoded on their
+own with a space before them, facts go in after a token that ends a sentence, and the pad
+is the id of " ".
 
 A sample costs one slice of the background per row (no Python strings of its length): a
 million-token haystack takes milliseconds.
@@ -61,6 +62,7 @@ from memtx.data.tasks.babi import (
     QA_TASKS,
     Story,
     make_story,
+    sentences,
 )
 from memtx.data.tasks.base import VOCAB_SIZE, Task, at_least
 from memtx.errors import ConfigError
@@ -161,11 +163,13 @@ class BabilongTask(Task):
             :data:`DEFAULT_STORY_FACTS`).
         background: False: no background (BABILong's length 0), the story left-padded
             with spaces to the row.
-        tokenizer: a pretrained model's own (``encode(str)``, ``decode_bytes(ids)``,
-            ``vocab_size``; ``data.tokenizer = "hf"``): rows are its ids, ``noise`` is
-            text in them, each fact, the question and the answer are encoded on their own
-            with a space before each (" Mary moved to the garden.", " Where is Mary?",
-            " garden"), and the answer's tokens are scored; the pad is the id of " ".
+        tokenizer: the run's BPE or a pretrained model's own (``encode(str)``,
+            ``decode_bytes(ids)``, ``vocab_size``; ``data.tokenizer = "bpe"`` or
+            ``"hf"``): rows are its ids, ``noise`` is text in them, each fact, the
+            question and the answer are encoded on their own with a space before each
+            (" Mary moved to the garden.", " Where is Mary?", " garden"), and the
+            answer's tokens are scored; the pad is the id of " ". The story must fit in
+            its tokens (measured over every sentence the task can write).
 
     Raises:
         ConfigError: an unknown ``qa``, a row too short for the story and the question, a
@@ -205,10 +209,9 @@ class BabilongTask(Task):
         self.pad_id = _PAD if tokenizer is None else self._pad_id()
         self.answer_len = max(len(self._answer(label)) for label in LABELS[qa])
         self.chance = 1 / len(LABELS[qa])
-        # In bytes, + the space before the answer; a tokenizer's tokens are >= 1 byte each.
-        self._check_question_fits(LONGEST_QUESTION[qa] + 1)
-        self.longest_row = self.story_facts * LONGEST_FACT[qa] + LONGEST_QUESTION[qa] + 1
-        self.longest_row += self.answer_len
+        longest_fact, longest_question = self._longest_sentences()
+        self._check_question_fits(longest_question)
+        self.longest_row = self.story_facts * longest_fact + longest_question + self.answer_len
         if self.longest_row > total_len + 1:
             raise ConfigError(
                 f"task {self.name!r} {qa}: total_len ({total_len}) is too short for "
@@ -242,6 +245,15 @@ class BabilongTask(Task):
                 f"last sentence end at {int(self.starts[-1])}, but a row needs a window of "
                 f"up to {window} tokens that ends at one"
             )
+
+    @staticmethod
+    def vocabulary(*, qa: str = "qa1") -> tuple[str, ...]:
+        """Every sentence task ``qa`` writes (facts, questions, answers), for a BPE
+        tokenizer to learn its words from along with the corpus."""
+        if qa not in QA_TASKS:
+            raise ConfigError(f"unknown babilong task {qa!r} (known: {', '.join(QA_TASKS)})")
+        facts, questions = sentences(qa)
+        return (*facts, *questions, *LABELS[qa])
 
     def story(self, rng: random.Random) -> Story:
         """One story of this task, drawn from ``rng``."""
@@ -310,6 +322,18 @@ class BabilongTask(Task):
             previous = cut
         pieces += [window[previous:], tail]
         return np.concatenate(pieces), story
+
+    def _longest_sentences(self) -> tuple[int, int]:
+        """The most tokens a fact (with its space) and a question (with the space before
+        the answer) can take in this task's rows: bytes, or the tokenizer's ids, measured
+        over every sentence the task can write."""
+        if self.tokenizer is None:
+            return LONGEST_FACT[self.qa], LONGEST_QUESTION[self.qa] + 1
+        facts, questions = sentences(self.qa)
+        return (
+            max(len(self._encode(f" {fact}")) for fact in facts),
+            max(len(self._encode(f" {question}")) for question in questions),
+        )
 
     def _encode(self, text: str) -> np.ndarray:
         """``text`` in the tokenizer's ids (uint16)."""

@@ -8,6 +8,7 @@ so), so shorter haystacks never see the repetition, whatever the longest length 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -16,18 +17,22 @@ from memtx.errors import ConfigError
 __all__ = ["background_note", "eval_background", "haystack_background"]
 
 
-def eval_background(corpus: str | None) -> tuple[np.ndarray, str]:
+def eval_background(corpus: str | None, *, tokenizer: Any = None) -> tuple[np.ndarray, str]:
     """Held-out background for the haystacks and a note saying what it is: the corpus's
-    valid + test documents concatenated (see :func:`haystack_background` for longer)."""
+    valid + test documents concatenated (see :func:`haystack_background` for longer), in
+    bytes or in ``tokenizer``'s ids (a run's BPE or pretrained tokenizer)."""
     from memtx.config import DataConfig
     from memtx.data import prepare_data
 
-    data = prepare_data(DataConfig(corpus=corpus or "shakespeare"))
+    kind = "byte" if tokenizer is None else tokenizer.kind
+    config = DataConfig(corpus=corpus or "shakespeare", tokenizer=kind)
+    data = prepare_data(config, tokenizer=tokenizer)
     held_out = np.concatenate([data.valid, data.test])
     if len(held_out) < 2:
         raise ConfigError(f"corpus {corpus!r} has no held-out (valid/test) documents")
     name = corpus or "shakespeare"
-    return held_out, f"{name} valid+test documents ({len(held_out):,} bytes, never trained on)"
+    unit = "bytes" if tokenizer is None else f"{kind} tokens"
+    return held_out, f"{name} valid+test documents ({len(held_out):,} {unit}, never trained on)"
 
 
 def haystack_background(held_out: np.ndarray, note: str, length: int) -> tuple[np.ndarray, str]:

@@ -6,10 +6,10 @@ tokens, e.g. a corpus), then comes ``"What is the key of NAME? "`` about one of 
 the answer (``value_len`` digits, the only scored tokens). The question and its answer
 must fit in one segment (the last).
 
-With a ``tokenizer`` (a pretrained model's own, ``data.tokenizer = "hf"``) the same
-sentences are that tokenizer's tokens, each piece encoded on its own (fact, question,
-answer), the noise is text in its tokens, and the answer's tokens are scored (as many as
-the tokenizer makes of the digits).
+With a ``tokenizer`` (the run's BPE or a pretrained model's own, ``data.tokenizer =
+"bpe"`` or ``"hf"``) the same sentences are that tokenizer's tokens, each piece encoded
+on its own (fact, question, answer), the noise is text in its tokens, and the answer's
+tokens are scored (as many as the tokenizer makes of the digits).
 """
 
 from __future__ import annotations
@@ -87,6 +87,13 @@ class FactsTask(Task):
                 f"task {self.name!r}: the noise has {self.noise.numel()} tokens, but a row "
                 f"needs up to {window}"
             )
+
+    @classmethod
+    def vocabulary(cls) -> tuple[str, ...]:
+        """The task's sentences about every name (without the digits), for a BPE
+        tokenizer to learn its words from along with the corpus."""
+        facts = (cls.FACT.format(name=name, value="").rstrip(". ") for name in NAMES)
+        return (*facts, *(cls.QUESTION.format(name=name).strip() for name in NAMES))
 
     def _sequences(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         length = self.total_len + 1

@@ -15,7 +15,7 @@ from memtx.data.tasks.facts import FactsTask
 from memtx.data.tasks.synthetic import AssociativeTask, CopyTask, ReverseTask
 from memtx.errors import ConfigError
 
-__all__ = ["TASKS", "make_task"]
+__all__ = ["TASKS", "make_task", "task_vocabulary"]
 
 TASKS: dict[str, type[Task]] = {
     cls.name: cls for cls in (CopyTask, ReverseTask, AssociativeTask, FactsTask, BabilongTask)
@@ -66,3 +66,16 @@ def make_task(
 
 def _init_params(cls: type) -> list[str]:
     return list(inspect.signature(cls).parameters)
+
+
+def task_vocabulary(name: str, **params: Any) -> tuple[str, ...]:
+    """The sentences task ``name`` writes as text (``facts``, ``babilong``), for a BPE
+    tokenizer trained for it to learn their words; empty for the byte-level tasks.
+    ``params`` are the task's own (those its ``vocabulary`` does not take are ignored)."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
+    vocabulary = getattr(TASKS[name], "vocabulary", None)
+    if vocabulary is None:
+        return ()
+    wanted = inspect.signature(vocabulary).parameters
+    return tuple(vocabulary(**{k: v for k, v in params.items() if k in wanted}))
