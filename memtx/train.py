@@ -248,6 +248,8 @@ def train(
     tokenizer = (
         load_tokenizer(out_dir) if resume and (out_dir / "tokenizer.json").exists() else None
     )
+    if tokenizer is None:
+        tokenizer = trainable.init_tokenizer(run)
     if tokenizer is None and run.data.tokenizer == "hf":
         tokenizer = PretrainedTokenizer.from_pretrained(run.model.hf_path)  # type: ignore[attr-defined]
     if data is None:
@@ -264,6 +266,9 @@ def train(
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model: SegmentLM = from_config(run.model).to(ctx.device)
+    warm = (
+        trainable.warm_start(model, Path(cfg.init_from)) if cfg.init_from and not resume else None
+    )
     trainable.select_trainable(model, cfg)  # before the optimizer: it takes the trained parameters
     base_model = trainable.base_model_identity(run.model, cfg)
     sharded = cfg.fsdp and ctx.active
@@ -282,6 +287,15 @@ def train(
         folder.create(run.to_dict())
         if ctx.is_main:
             data.tokenizer.save(out_dir)
+            if warm is not None:
+                copied, fresh = warm
+                said = f"; as initialised: {', '.join(fresh)}" if fresh else ""
+                folder.log(
+                    {
+                        "step": 0,
+                        "event": f"init_from {cfg.init_from}: {len(copied)} tensors copied{said}",
+                    }
+                )
     distributed.barrier(ctx)
     result = fit(
         step_fn,

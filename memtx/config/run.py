@@ -55,6 +55,11 @@ class TrainConfig(Checked):
         lora_targets: module names LoRA wraps; empty: the family's default (GPT-2
             ``c_attn``, ``c_proj``; Llama-likes ``q_proj``, ``k_proj``, ``v_proj``,
             ``o_proj``).
+        init_from: a run folder whose newest checkpoint starts this run's weights: each
+            tensor with the same name is copied (a language model trained on the corpus,
+            its embeddings and blocks into RMT or ARMT on a task, as the published
+            models start from a pretrained GPT-2); the memory's own stay as initialised.
+            Its tokenizer is reused (the same kind is required). None: no warm start.
     """
 
     section: ClassVar[str] = "train"
@@ -86,6 +91,7 @@ class TrainConfig(Checked):
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ()
+    init_from: str | None = None
 
     def _validate(self) -> None:
         for name in ("steps", "batch_size", "rollout", "truncate", "keep_checkpoints"):

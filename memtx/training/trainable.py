@@ -25,13 +25,15 @@ is recorded by :func:`base_model_identity` (path and sha256) and checked on load
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from memtx.config import ModelConfig, RunConfig, TrainConfig
 from memtx.config.pretrained import base_identity
-from memtx.data import Tokenizer
+from memtx.data import Tokenizer, load_tokenizer
 from memtx.data.tasks import task_vocabulary
 from memtx.errors import ConfigError
 from memtx.models.backbones import HFBackbone
@@ -42,10 +44,12 @@ __all__ = [
     "base_model_identity",
     "check_base_model",
     "check_tokenizer_choice",
+    "init_tokenizer",
     "task_texts",
     "task_tokenizer",
     "fit_vocabulary",
     "select_trainable",
+    "warm_start",
 ]
 
 #: LoRA's default target modules per Hugging Face model type (else the Llama names)
@@ -175,6 +179,65 @@ def fit_vocabulary(run: RunConfig, tokenizer: Tokenizer) -> RunConfig:
             f"{hf_path!r} has a vocabulary of {run.model.vocab_size}: its ids would not fit"
         )
     return run
+
+
+def warm_start(model: nn.Module, source: Path) -> tuple[list[str], list[str]]:
+    """Copy into ``model`` every tensor of ``source``'s newest checkpoint that it has by
+    name (``train.init_from``). Returns the names copied and the names left as they were.
+
+    Raises:
+        ConfigError: no run or intact checkpoint in ``source``, a tensor of one name but
+            another shape there (other sizes), or no tensor in common (another model).
+    """
+    from memtx.checkpoint import load_latest
+
+    where = f"train.init_from={str(source)!r}"
+    if not (Path(source) / "config.json").is_file():
+        raise ConfigError(f"{where} holds no run (no config.json)")
+    checkpoint = load_latest(Path(source))
+    if checkpoint is None:
+        raise ConfigError(f"{where} has no intact checkpoint")
+    own = model.state_dict()
+    common = sorted(set(own) & set(checkpoint.model))
+    for name in common:
+        there, here = tuple(checkpoint.model[name].shape), tuple(own[name].shape)
+        if there != here:
+            raise ConfigError(
+                f"{where}: {name} is {list(there)} there and {list(here)} here: the sizes "
+                f"(d_model, n_layers, vocabulary...) must match"
+            )
+    if not common:
+        raise ConfigError(
+            f"{where}: none of its {len(checkpoint.model)} tensors is in this model "
+            f"(another kind of model or backbone)"
+        )
+    with torch.no_grad():
+        for name in common:
+            own[name].copy_(checkpoint.model[name])
+    return common, sorted(set(own) - set(common))
+
+
+def init_tokenizer(run: RunConfig) -> Tokenizer | None:
+    """The tokenizer of ``train.init_from``'s run, which a warm-started run must reuse
+    (its embeddings are of those ids); None without ``init_from`` or for ``hf`` (the
+    pretrained model's own, loaded from ``model.hf_path``).
+
+    Raises:
+        ConfigError: the run there used another kind of tokenizer.
+    """
+    source = run.train.init_from
+    if not source or run.data.tokenizer == "hf":
+        return None
+    path = Path(source) / "tokenizer.json"
+    if not path.is_file():
+        raise ConfigError(f"train.init_from={source!r} holds no run (no tokenizer.json)")
+    tokenizer = load_tokenizer(Path(source))
+    if tokenizer.kind != run.data.tokenizer:
+        raise ConfigError(
+            f"train.init_from={source!r} was trained with data.tokenizer={tokenizer.kind!r}, "
+            f"this run has {run.data.tokenizer!r}: a warm start needs the same tokens"
+        )
+    return tokenizer
 
 
 def _is_memory(name: str, prefixes: tuple[str, ...]) -> bool:
