@@ -19,7 +19,10 @@ checkpoints, resume and :func:`memtx.train.load_trained` then write and read tra
 parts only, and a frozen backbone's weights never reach the run folder. The frozen base
 is recorded by :func:`base_model_identity` (path and sha256) and checked on load
 (:func:`check_base_model`). What it reads: :func:`check_tokenizer_choice` and
-:func:`fit_vocabulary` (a pretrained model keeps its vocabulary; the tokenizer must fit).
+:func:`fit_vocabulary` (a pretrained model keeps its vocabulary; the tokenizer must fit),
+:func:`task_tokenizer` and :func:`task_texts` (a text task in the run's BPE, which learns
+the task's words). Where it starts: :func:`warm_start` and :func:`init_tokenizer`
+(``train.init_from``: another run's weights and tokenizer).
 """
 
 from __future__ import annotations
