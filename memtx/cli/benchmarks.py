@@ -143,6 +143,7 @@ def bench_babilong(
         Optional[str], typer.Option(help="Corpus of the held-out background (default shakespeare).")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (tokens/s, ETA).")] = True,
     set_: SetOption = None,
 ) -> None:
     """BABILong-style qa1, qa2 at 0..1M tokens: train (or reuse) each model, score each length."""
@@ -172,6 +173,7 @@ def bench_babilong(
         corpus=data,
         overrides=set_ or [],
         device=device,
+        progress=progress,
         command="memtx bench babilong " + shlex.join(sys.argv[3:]),
         echo=typer.echo,
     )

@@ -134,6 +134,7 @@ def test_the_verb_end_to_end(tmp_path: Path) -> None:
     out, runs = tmp_path / "out", tmp_path / "runs"
     sets = [arg for item in TINY for arg in ("--set", item)]
     args = ["--models", "transformer", "--tasks", "qa1", "--lengths", "0,256", "--samples", "2"]
+    args += ["--no-progress"]
     result = CliRunner().invoke(
         app, ["bench", "babilong", "--out", str(out), "--runs", str(runs), *args, *sets]
     )
