@@ -247,7 +247,8 @@ def bench_babilong(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "babilong.json"
     saved = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    backgrounds: dict[str, tuple[np.ndarray, str, Any]] = {}
+    # One held-out background per tokenizer ("byte", or the run folder whose tokenizer it is).
+    backgrounds: dict[str, tuple[np.ndarray, str, Any]] = {"byte": (*eval_background(corpus), None)}
 
     def held_out_of(model: str, qa: str) -> tuple[np.ndarray, str, Any] | None:
         """The held-out background in the run's tokens, its note and tokenizer (None
@@ -264,7 +265,7 @@ def bench_babilong(
 
     cells: dict[str, Any] = saved.get("cells", {})
     payload = {
-        "background": eval_background(corpus)[1],
+        "background": backgrounds["byte"][1],
         "models": {m: MODELS[m][0] for m in models},
         "cells": cells,
     }

@@ -338,9 +338,18 @@ def repro_pretrained(
     stages: Annotated[
         str, typer.Option(help="Segments per sample of each curriculum stage (qa1: from 2).")
     ] = "1,2,4",
+    batch_size: Annotated[int, typer.Option(help="Samples per training step.")] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (memory and LoRA).")] = 2e-3,
+    vary_segments: Annotated[
+        bool, typer.Option(help="Draw each batch's segments up to the stage's (BABILong recipe).")
+    ] = False,
+    models: Annotated[str, typer.Option(help="Wrapped models to train and score.")] = "rmt,armt",
+    train_only: Annotated[
+        bool, typer.Option(help="Train, then stop (train each model in its own process).")
+    ] = False,
 ) -> None:
     """RMT and ARMT around a pretrained SmolLM2 (memory + LoRA) vs the bare model, on facts
-    in noise or a BABILong-style task."""
+    in noise or a BABILong-style task (length 0 there: the story alone)."""
 
     from memtx.repro.pretrained import PretrainedRepro
     from memtx.repro.pretrained import repro_pretrained as run_repro
@@ -348,12 +357,20 @@ def repro_pretrained(
     check_writable_folder(out)
     at_least(stage_steps, 1, name="--stage-steps")
     at_least(samples, 1, name="--samples")
+    at_least(batch_size, 1, name="--batch-size")
+    if not lr > 0:
+        fail(f"--lr must be > 0, got {lr}")
     settings = PretrainedRepro(
         hf_path=hf_path,
         stage_steps=stage_steps,
-        lengths=tuple(int_list(lengths, name="--lengths", minimum=1)),
+        lengths=tuple(int_list(lengths, name="--lengths", minimum=0)),
         eval_samples=samples,
         task=task,
         stages=tuple(int_list(stages, name="--stages", minimum=1)),
+        batch_size=batch_size,
+        lr=lr,
+        vary_segments=vary_segments,
+        models=tuple(name_list(models, name="--models", known=("rmt", "armt"))),
     )
-    typer.echo(f"wrote {run_repro(runs=runs, out=out, settings=settings, echo=typer.echo)}")
+    path = run_repro(runs=runs, out=out, settings=settings, train_only=train_only, echo=typer.echo)
+    typer.echo("trained" if path is None else f"wrote {path}")

@@ -90,7 +90,11 @@ class PretrainedRepro:
         corpus: the noise the facts hide in (evaluation: its held-out split).
         task: ``"facts"`` (facts in noise: a 3-digit value) or a BABILong-style ``"qa1"``
             .. ``"qa5"`` (a bAbI story; qa1's story needs about 154 tokens, so its first
-            stage must have two segments of 128).
+            stage must have two segments of 128). A qa task's length 0 is its story alone,
+            in the first stage's segments (BABILong's 0).
+        vary_segments: each training batch draws its segments from the first stage's to
+            the current stage's (the BABILong/ARMT recipe; ``task.vary_segments``).
+        models: the wrapped models to train and score (``rmt``, ``armt``).
         seed: training seed.
     """
 
@@ -105,11 +109,18 @@ class PretrainedRepro:
     eval_samples: int = 4
     corpus: str = "shakespeare"
     task: str = "facts"
+    vary_segments: bool = False
+    models: tuple[str, ...] = tuple(MODELS)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown or not self.models:
+            raise ConfigError(f"models must be some of {', '.join(MODELS)}, got {self.models}")
+        if 0 in self.lengths and self.task == "facts":
+            raise ConfigError("length 0 (the story alone) is for the qa tasks, not facts")
 
     def task_section(self) -> dict[str, Any]:
         """The run config's ``[task]`` section (the curriculum over ``stages``)."""
@@ -118,6 +129,7 @@ class PretrainedRepro:
             "stages": list(self.stages),
             "stage_steps": self.stage_steps,
             "advance_at": 2.0,  # every stage runs its steps
+            "vary_segments": self.vary_segments,
             "eval_samples": 8,
         }
         if self.task == "facts":
@@ -200,12 +212,16 @@ def repro_pretrained(
     runs: Path,
     out: Path,
     settings: PretrainedRepro | None = None,
+    train_only: bool = False,
     echo: Callable[[str], None] = print,
-) -> Path:
+) -> Path | None:
     """Train (or reuse) the wrapped runs, evaluate every model at every length, write the table.
 
+    ``train_only`` stops after training (so each model can train in its own process, one
+    thread each, and one later call scores them all on the same samples).
+
     Returns:
-        The markdown file written (``out / "pretrained.md"``).
+        The markdown file written (``out / "pretrained.md"``); None with ``train_only``.
     """
     settings = settings or PretrainedRepro()
     runs, out = Path(runs), Path(out)
@@ -219,7 +235,7 @@ def repro_pretrained(
     def save() -> None:
         results_file.write_text(json.dumps(results, indent=1) + "\n")
 
-    for model in MODELS:
+    for model in settings.models:
         run_dir = runs / model
         if not (run_dir / "result.json").is_file():
             began = time.perf_counter()
@@ -230,10 +246,12 @@ def repro_pretrained(
         results.setdefault("training", {})[model] = json.loads(
             (run_dir / "result.json").read_text()
         )
+    if train_only:
+        return None
     save()
 
-    first = runs / next(iter(MODELS))
-    run = settings.run_config(next(iter(MODELS)))
+    first = runs / settings.models[0]
+    run = settings.run_config(settings.models[0])
     tokenizer = load_tokenizer(first)
     data = prepare_data(run.data, tokenizer=tokenizer)
     assert run.task is not None
@@ -249,16 +267,19 @@ def repro_pretrained(
     )
     bare_hf = load_hf_model(run.model, positions=0).eval()  # type: ignore[arg-type]
     vocab = run.model.vocab_size
-    wrapped = {m: load_trained(runs / m, device="cpu")[1] for m in MODELS}
+    positions = getattr(bare_hf.config, "max_position_embeddings", None)
+    wrapped = {m: load_trained(runs / m, device="cpu")[1] for m in settings.models}
     for length in settings.lengths:
-        task = source.task(length, held_out=True)
-        full = BareLM(bare_hf, vocab_size=vocab, segment_len=length * settings.segment_len)
+        task = _story_alone(source, settings) if length == 0 else source.task(length, held_out=True)
+        segments = length or settings.stages[0]
+        full = BareLM(bare_hf, vocab_size=vocab, segment_len=segments * settings.segment_len)
         last = BareLM(bare_hf, vocab_size=vocab, segment_len=settings.segment_len)
         contenders: dict[str, tuple[Any, Any, int]] = {
-            **{f"{m}-SmolLM2 (memory+LoRA)": (wrapped[m], task, 8) for m in MODELS},
+            **{f"{m}-SmolLM2 (memory+LoRA)": (wrapped[m], task, 8) for m in settings.models},
             "SmolLM2, last segment only": (last, LastSegment(task, settings.segment_len), 8),
-            "SmolLM2, whole input (full attention)": (full, task, 1),
         }
+        if positions is None or segments * settings.segment_len <= positions:
+            contenders["SmolLM2, whole input (full attention)"] = (full, task, 1)
         for name, (model, shown, batch) in contenders.items():
             key = f"{name} @ {length}"
             if key in results["cells"]:
@@ -283,6 +304,21 @@ def repro_pretrained(
     path = out / "pretrained.md"
     path.write_text(_markdown(results, settings), encoding="utf-8")
     return path
+
+
+def _story_alone(source: TaskSource, settings: PretrainedRepro) -> Any:
+    """The qa task's story without background (length 0), in the first stage's segments."""
+    from memtx.data.tasks import make_task
+
+    params = {**source.cfg.task_params(), "background": False}
+    return make_task(
+        "babilong",
+        segments=settings.stages[0],
+        segment_len=settings.segment_len,
+        seed=source.seed,
+        tokenizer=source.tokenizer,
+        **params,
+    )
 
 
 def _throughput(
@@ -320,7 +356,13 @@ def _markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
                 "-" if cell is None else f"{cell['exact_match']:.2f} / {cell['token_accuracy']:.2f}"
             )
         rows.append(row)
-    header = ["model", *(f"{n} seg ({n * settings.segment_len} tok)" for n in settings.lengths)]
+    header = [
+        "model",
+        *(
+            f"{n} seg ({n * settings.segment_len} tok)" if n else "0 (story alone)"
+            for n in settings.lengths
+        ),
+    ]
     rates = results.get("throughput", {})
     bare = rates.get("bare")
     speed = [
@@ -338,15 +380,9 @@ def _markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
         [
             f"# RMT and ARMT around a pretrained SmolLM2-135M ({_TASK_TITLES[s.task]})",
             "",
-            "Reproduce: `OMP_NUM_THREADS=1 memtx repro pretrained --stage-steps "
-            f"{s.stage_steps} --samples {s.eval_samples}"
-            + (
-                ""
-                if s.task == "facts"
-                else f" --task {s.task} --stages {','.join(map(str, s.stages))}"
-            )
-            + "` "
-            f"(segments of {s.segment_len}, curriculum {list(s.stages)} x {s.stage_steps} steps, "
+            f"Reproduce: `OMP_NUM_THREADS=1 memtx repro pretrained {_flags(s)}` "
+            f"(segments of {s.segment_len}, curriculum {list(s.stages)} x {s.stage_steps} steps"
+            f"{', segments drawn per batch' if s.vary_segments else ''}, "
             f"batch {s.batch_size}, lr {s.lr}, LoRA rank {s.lora_rank}, {s.eval_samples} "
             f"held-out samples per length, corpus {s.corpus} (evaluated on its held-out "
             "documents), one CPU thread).",
@@ -364,6 +400,21 @@ def _markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
             "",
         ]
     )
+
+
+def _flags(s: PretrainedRepro) -> str:
+    """The ``memtx repro pretrained`` options that give ``s`` (those not at their default)."""
+    default = PretrainedRepro()
+    flags = [f"--stage-steps {s.stage_steps}", f"--samples {s.eval_samples}"]
+    for name, flag in (("task", "--task"), ("batch_size", "--batch-size"), ("lr", "--lr")):
+        if getattr(s, name) != getattr(default, name):
+            flags.append(f"{flag} {getattr(s, name)}")
+    for name, flag in (("stages", "--stages"), ("lengths", "--lengths")):
+        if getattr(s, name) != getattr(default, name):
+            flags.append(f"{flag} {','.join(map(str, getattr(s, name)))}")
+    if s.vary_segments:
+        flags.append("--vary-segments")
+    return " ".join(flags)
 
 
 _TASK_TITLES = {"facts": "facts in noise", **{qa: f"BABILong-style {qa}" for qa in TASKS[1:]}}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from memtx.cli import app
+from memtx.errors import ConfigError
 from memtx.repro.pretrained import PretrainedRepro, repro_pretrained
 from tests.pretrained_models import TEXT, needs_peft, save_tiny
 
@@ -55,3 +57,52 @@ def test_a_babilong_task_is_the_runs_task_and_a_bad_one_is_refused(tmp_path) -> 
         app, ["repro", "pretrained", "--out", str(tmp_path), "--task", "qa9"]
     )
     assert result.exit_code == 2 and "task must be one of facts, qa1" in result.output
+
+
+def test_qa1_scores_the_story_alone_at_0_and_skips_full_attention_past_its_positions(
+    tmp_path,
+) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 8)
+    settings = PretrainedRepro(
+        hf_path=str(save_tiny(tmp_path / "llama", "llama")),
+        task="qa1",
+        segment_len=72,  # the tiny tokenizer's story needs up to 129 tokens
+        stages=(2,),
+        stage_steps=1,
+        lengths=(0, 2),
+        eval_samples=2,
+        corpus=str(corpus),
+        models=("rmt",),
+        vary_segments=True,
+    )
+    assert settings.run_config("rmt").task.vary_segments  # type: ignore[union-attr]
+    trained = repro_pretrained(
+        runs=tmp_path / "runs", out=tmp_path / "out", settings=settings, train_only=True
+    )
+    assert trained is None and (tmp_path / "runs/rmt/result.json").is_file()
+    assert not (tmp_path / "runs/armt").exists() and not (tmp_path / "out/pretrained.md").exists()
+    path = repro_pretrained(runs=tmp_path / "runs", out=tmp_path / "out", settings=settings)
+    assert path is not None
+    cells = json.loads((tmp_path / "out/pretrained.json").read_text())["cells"]
+    # 2 segments of 72 = 144 tokens: past the tiny Llama's 96 positions, so no full attention.
+    assert set(cells) == {
+        f"{name} @ {length}"
+        for name in ("rmt-SmolLM2 (memory+LoRA)", "SmolLM2, last segment only")
+        for length in (0, 2)
+    }
+    table = path.read_text()
+    assert "0 (story alone)" in table and "--vary-segments" in table and "--models" not in table
+
+
+def test_bad_models_and_a_facts_length_0_are_refused(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="models must be some of rmt, armt"):
+        PretrainedRepro(models=("memformer",))
+    with pytest.raises(ConfigError, match="length 0"):
+        PretrainedRepro(lengths=(0, 4))
+    result = CliRunner().invoke(
+        app, ["repro", "pretrained", "--out", str(tmp_path), "--models", "gpt"]
+    )
+    assert result.exit_code == 2 and "--models" in result.output
+    result = CliRunner().invoke(app, ["repro", "pretrained", "--out", str(tmp_path), "--lr", "0"])
+    assert result.exit_code == 2 and "--lr must be > 0" in result.output
