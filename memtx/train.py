@@ -266,10 +266,11 @@ def train(
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model: SegmentLM = from_config(run.model).to(ctx.device)
+    trainable.select_trainable(model, cfg)  # before the optimizer: it takes the trained parameters
+    # After select_trainable: a memory+lora run's LoRA tensors exist only from there on.
     warm = (
         trainable.warm_start(model, Path(cfg.init_from)) if cfg.init_from and not resume else None
     )
-    trainable.select_trainable(model, cfg)  # before the optimizer: it takes the trained parameters
     base_model = trainable.base_model_identity(run.model, cfg)
     sharded = cfg.fsdp and ctx.active
     if sharded:

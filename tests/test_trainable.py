@@ -269,3 +269,25 @@ def test_bad_pretrained_input_is_one_line_and_exit_2(case, folders, tmp_path, mo
     assert result.exit_code == 2, result.output
     (error,) = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert expected in error
+
+
+def test_a_memory_and_lora_run_warm_starts_every_trained_tensor(folders, tmp_path) -> None:
+    source = tmp_path / "source"
+    run = run_config(folders["llama"], folders["corpus"], trainable="memory+lora", lora_rank=2)
+    train(run, out_dir=source, progress=False)
+    (checkpoint,) = (source / "checkpoints").iterdir()
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    assert any("lora_A" in k for k in saved)
+    warm = run_config(
+        folders["llama"],
+        folders["corpus"],
+        trainable="memory+lora",
+        lora_rank=2,
+        steps=1,
+        init_from=str(source),
+    )
+    train(warm, out_dir=tmp_path / "warm", progress=False)
+    lines = (tmp_path / "warm/metrics.jsonl").read_text().splitlines()
+    event = next(json.loads(x)["event"] for x in lines if "event" in json.loads(x))
+    # every memory and LoRA tensor, none left as initialised (the frozen base is not listed)
+    assert event == f"init_from {source}: {len(saved)} tensors copied"

@@ -347,6 +347,9 @@ def repro_pretrained(
     train_only: Annotated[
         bool, typer.Option(help="Train, then stop (train each model in its own process).")
     ] = False,
+    init_from: Annotated[
+        Optional[str], typer.Option(help="Start each model from this run's memory and LoRA.")
+    ] = None,
 ) -> None:
     """RMT and ARMT around a pretrained SmolLM2 (memory + LoRA) vs the bare model, on facts
     in noise or a BABILong-style task (length 0 there: the story alone)."""
@@ -371,6 +374,7 @@ def repro_pretrained(
         lr=lr,
         vary_segments=vary_segments,
         models=tuple(name_list(models, name="--models", known=("rmt", "armt"))),
+        init_from=init_from,
     )
     path = run_repro(runs=runs, out=out, settings=settings, train_only=train_only, echo=typer.echo)
     typer.echo("trained" if path is None else f"wrote {path}")

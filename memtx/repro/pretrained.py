@@ -95,6 +95,9 @@ class PretrainedRepro:
         vary_segments: each training batch draws its segments from the first stage's to
             the current stage's (the BABILong/ARMT recipe; ``task.vary_segments``).
         models: the wrapped models to train and score (``rmt``, ``armt``).
+        init_from: a run whose trained tensors (memory, LoRA) each wrapped model starts
+            from (``train.init_from``; e.g. one fine-tuned with the whole story in view,
+            ``benchmarks/pretrained_qa1_story.py``); None: as initialised.
         seed: training seed.
     """
 
@@ -111,6 +114,7 @@ class PretrainedRepro:
     task: str = "facts"
     vary_segments: bool = False
     models: tuple[str, ...] = tuple(MODELS)
+    init_from: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -158,6 +162,7 @@ class PretrainedRepro:
                     "log_every": 5,
                     "checkpoint_every": self.stage_steps,
                     "keep_checkpoints": 1,
+                    "init_from": self.init_from,
                 },
                 "data": {"corpus": self.corpus, "tokenizer": "hf"},
                 "task": self.task_section(),
@@ -415,6 +420,8 @@ def _flags(s: PretrainedRepro) -> str:
             flags.append(f"{flag} {','.join(map(str, getattr(s, name)))}")
     if s.vary_segments:
         flags.append("--vary-segments")
+    if s.init_from:
+        flags.append(f"--init-from {s.init_from}")
     return " ".join(flags)
 
 
