@@ -26,7 +26,7 @@ TEXT = (
 ) * 20
 
 
-def save_tiny(folder: Path, family: str) -> Path:
+def save_tiny(folder: Path, family: str, *, positions: int = POSITIONS) -> Path:
     """A tiny random ``family`` (``gpt2`` or ``llama``) causal LM with a tokenizer in ``folder``."""
     import transformers
 
@@ -35,7 +35,7 @@ def save_tiny(folder: Path, family: str) -> Path:
     torch.manual_seed(0)
     if family == "gpt2":
         config = transformers.GPT2Config(
-            vocab_size=VOCAB, n_embd=WIDTH, n_layer=2, n_head=2, n_positions=POSITIONS
+            vocab_size=VOCAB, n_embd=WIDTH, n_layer=2, n_head=2, n_positions=positions
         )
     else:
         config = transformers.LlamaConfig(
@@ -45,7 +45,7 @@ def save_tiny(folder: Path, family: str) -> Path:
             num_hidden_layers=2,
             num_attention_heads=2,
             num_key_value_heads=1,
-            max_position_embeddings=POSITIONS,
+            max_position_embeddings=positions,
         )
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder, safe_serialization=True)

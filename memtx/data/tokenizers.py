@@ -327,6 +327,11 @@ class PretrainedTokenizer:
         return cls(_auto_tokenizer(where, kwargs, what=what), source=hf_path)
 
     @property
+    def hf(self) -> Any:
+        """The ``transformers`` tokenizer underneath (chat templates, special tokens)."""
+        return self._hf
+
+    @property
     def eos_id(self) -> int | None:
         """The end-of-text token id, where the tokenizer has one."""
         eos = getattr(self._hf, "eos_token_id", None)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from memtx.cli import app
 from memtx.errors import ConfigError
-from memtx.repro.pretrained import PretrainedRepro, repro_pretrained
+from memtx.repro.pretrained import ASKED, PretrainedRepro, repro_pretrained
 from tests.pretrained_models import TEXT, needs_peft, save_tiny
 
 pytestmark = needs_peft
@@ -93,6 +93,32 @@ def test_qa1_scores_the_story_alone_at_0_and_skips_full_attention_past_its_posit
     }
     table = path.read_text()
     assert "0 (story alone)" in table and "--vary-segments" in table and "--models" not in table
+
+
+def test_a_qa_table_asks_the_bare_instruct_model_in_words_where_the_input_fits(tmp_path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 8)
+    settings = PretrainedRepro(
+        hf_path=str(save_tiny(tmp_path / "llama", "llama", positions=512)),
+        task="qa1",
+        segment_len=72,
+        stages=(2,),
+        stage_steps=1,
+        lengths=(0, 2),
+        eval_samples=2,
+        corpus=str(corpus),
+        models=("rmt",),
+    )
+    path = repro_pretrained(runs=tmp_path / "runs", out=tmp_path / "out", settings=settings)
+    assert path is not None
+    cells = json.loads((tmp_path / "out/pretrained.json").read_text())["cells"]
+    for length in (0, 2):
+        asked = cells[f"{ASKED} @ {length}"]
+        assert asked["rule"] == "babilong" and asked["token_accuracy"] is None
+        assert 0 <= asked["exact_match"] <= 1 and len(asked["examples"]) == 2
+        assert f"SmolLM2, whole input (full attention) @ {length}" in cells
+    row = next(line for line in path.read_text().splitlines() if line.startswith(f"| {ASKED}"))
+    assert " / " not in row and "BABILong's rule)." in path.read_text()
 
 
 def test_bad_models_and_a_facts_length_0_are_refused(tmp_path) -> None:
