@@ -350,6 +350,10 @@ def repro_pretrained(
     init_from: Annotated[
         Optional[str], typer.Option(help="Start each model from this run's memory and LoRA.")
     ] = None,
+    in_view_from: Annotated[
+        Optional[str],
+        typer.Option(help="Add this run (fine-tuned with the input in view) reading it whole."),
+    ] = None,
 ) -> None:
     """RMT and ARMT around a pretrained SmolLM2 (memory + LoRA) vs the bare model, on facts
     in noise or a BABILong-style task (length 0 there: the story alone)."""
@@ -375,6 +379,7 @@ def repro_pretrained(
         vary_segments=vary_segments,
         models=tuple(name_list(models, name="--models", known=("rmt", "armt"))),
         init_from=init_from,
+        in_view_from=in_view_from,
     )
     path = run_repro(runs=runs, out=out, settings=settings, train_only=train_only, echo=typer.echo)
     typer.echo("trained" if path is None else f"wrote {path}")

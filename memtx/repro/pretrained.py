@@ -11,6 +11,9 @@ held-out samples (same seed), answer accuracy at 4, 8, 16 and 32 segments of:
   the floor);
 - the bare SmolLM2 reading the whole input at once (full attention: the ceiling while it
   fits in its 8,192 positions).
+- optionally (``in_view_from``), a run fine-tuned with the whole story in view (e.g.
+  ``benchmarks/pretrained_qa1_story.py``) reading the whole input as one segment: the
+  fine-tuned full-attention ceiling;
 - for the qa tasks, the bare SmolLM2-Instruct asked the question in words over the whole
   input, its greedy answer scored by BABILong's rule (:mod:`memtx.repro.prompted`: the
   zero-shot ceiling; the exact-match score of the raw format gives an instruct model 0).
@@ -45,7 +48,7 @@ from memtx.models.hf import load_hf_model
 from memtx.models.protocol import StepOutput
 from memtx.recurrence import stream
 from memtx.repro.prompted import prompted_accuracy
-from memtx.train import load_trained, train
+from memtx.train import load_saved_run, load_trained, train
 from memtx.training.sources import TaskSource
 
 __all__ = ["SMOLLM2_FILE", "PretrainedRepro", "repro_pretrained", "smollm2_path"]
@@ -62,6 +65,8 @@ TASKS = ("facts", "qa1", "qa2", "qa3", "qa4", "qa5")
 EVAL_SEED = 12345
 #: the zero-shot row of the qa tasks (:mod:`memtx.repro.prompted`)
 ASKED = "SmolLM2-Instruct asked in words (full attention, BABILong's rule)"
+#: the fine-tuned full-attention row (``PretrainedRepro.in_view_from``)
+IN_VIEW = "SmolLM2 fine-tuned in view, whole input (full attention)"
 
 
 def smollm2_path() -> str:
@@ -106,6 +111,9 @@ class PretrainedRepro:
         init_from: a run whose trained tensors (memory, LoRA) each wrapped model starts
             from (``train.init_from``; e.g. one fine-tuned with the whole story in view,
             ``benchmarks/pretrained_qa1_story.py``); None: as initialised.
+        in_view_from: a run of this task fine-tuned with the whole input in one segment,
+            scored reading each length's whole input as one segment (the fine-tuned
+            full-attention ceiling, while it fits the model's positions); None: no row.
         seed: training seed.
     """
 
@@ -123,6 +131,7 @@ class PretrainedRepro:
     vary_segments: bool = False
     models: tuple[str, ...] = tuple(MODELS)
     init_from: str | None = None
+    in_view_from: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -238,6 +247,9 @@ def repro_pretrained(
     """
     settings = settings or PretrainedRepro()
     runs, out = Path(runs), Path(out)
+    if settings.in_view_from and not (Path(settings.in_view_from) / "config.json").is_file():
+        # checked before the hours of training, not after
+        raise ConfigError(f"in_view_from {settings.in_view_from} is not a memtx run folder")
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "pretrained.json"
     results: dict[str, Any] = (
@@ -294,6 +306,10 @@ def repro_pretrained(
         fits = positions is None or segments * settings.segment_len <= positions
         if fits:
             contenders["SmolLM2, whole input (full attention)"] = (full, task, 1)
+        if settings.in_view_from and f"{IN_VIEW} @ {length}" not in results["cells"]:
+            in_view = _in_view(Path(settings.in_view_from), settings, segments, positions)
+            if in_view is not None:
+                contenders[IN_VIEW] = (in_view, task, 1)
         for name, (model, shown, batch) in contenders.items():
             key = f"{name} @ {length}"
             if key in results["cells"]:
@@ -334,6 +350,32 @@ def repro_pretrained(
     path = out / "pretrained.md"
     path.write_text(_markdown(results, settings), encoding="utf-8")
     return path
+
+
+def _in_view(
+    run_dir: Path, settings: PretrainedRepro, segments: int, positions: int | None
+) -> nn.Module | None:
+    """``run_dir``'s model reading ``segments`` segments as one; None past ``positions``.
+
+    Raises:
+        ConfigError: the run was trained on another task or checkpoint than the table's.
+    """
+    whole = [f"model.segment_len={segments * settings.segment_len}"]
+    config = load_saved_run(run_dir, overrides=whole)
+    ours = settings.run_config(settings.models[0])
+    assert ours.task is not None
+    theirs = (config.task.name, config.task.qa) if config.task is not None else None
+    if theirs != (ours.task.name, ours.task.qa) or config.model.hf_path != ours.model.hf_path:
+        raise ConfigError(
+            f"in_view_from {run_dir} was trained on task {theirs} from "
+            f"{config.model.hf_path}, the table is {(ours.task.name, ours.task.qa)} from "
+            f"{ours.model.hf_path}"
+        )
+    # its memory tokens (read and write) take positions too
+    needed = segments * settings.segment_len + 2 * getattr(config.model, "memory_tokens", 0)
+    if positions is not None and needed > positions:
+        return None
+    return load_trained(run_dir, device="cpu", overrides=whole)[1]
 
 
 def _story_alone(source: TaskSource, settings: PretrainedRepro) -> Any:
@@ -453,8 +495,11 @@ def _flags(s: PretrainedRepro) -> str:
             flags.append(f"{flag} {','.join(map(str, getattr(s, name)))}")
     if s.vary_segments:
         flags.append("--vary-segments")
-    if s.init_from:
-        flags.append(f"--init-from {s.init_from}")
+    if s.models != default.models:
+        flags.append(f"--models {','.join(s.models)}")
+    for name, flag in (("init_from", "--init-from"), ("in_view_from", "--in-view-from")):
+        if getattr(s, name):
+            flags.append(f"{flag} {getattr(s, name)}")
     return " ".join(flags)
 
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from memtx.cli import app
 from memtx.errors import ConfigError
-from memtx.repro.pretrained import ASKED, PretrainedRepro, repro_pretrained
+from memtx.repro.pretrained import ASKED, IN_VIEW, PretrainedRepro, repro_pretrained
 from tests.pretrained_models import TEXT, needs_peft, save_tiny
 
 pytestmark = needs_peft
@@ -92,7 +92,7 @@ def test_qa1_scores_the_story_alone_at_0_and_skips_full_attention_past_its_posit
         for length in (0, 2)
     }
     table = path.read_text()
-    assert "0 (story alone)" in table and "--vary-segments" in table and "--models" not in table
+    assert "0 (story alone)" in table and "--vary-segments" in table and "--models rmt" in table
 
 
 def test_a_qa_table_asks_the_bare_instruct_model_in_words_where_the_input_fits(tmp_path) -> None:
@@ -132,3 +132,73 @@ def test_bad_models_and_a_facts_length_0_are_refused(tmp_path) -> None:
     assert result.exit_code == 2 and "--models" in result.output
     result = CliRunner().invoke(app, ["repro", "pretrained", "--out", str(tmp_path), "--lr", "0"])
     assert result.exit_code == 2 and "--lr must be > 0" in result.output
+
+
+def test_a_run_fine_tuned_in_view_reads_each_input_whole_and_equals_the_memory_at_one_segment(
+    tmp_path,
+) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 8)
+    base = dict(
+        hf_path=str(save_tiny(tmp_path / "llama", "llama")),
+        segment_len=32,
+        stages=(1, 2),
+        stage_steps=1,
+        lengths=(1, 2, 3),
+        eval_samples=3,
+        corpus=str(corpus),
+        models=("rmt",),
+    )
+    repro_pretrained(
+        runs=tmp_path / "runs",
+        out=tmp_path / "x",
+        settings=PretrainedRepro(**base),
+        train_only=True,
+    )
+    settings = PretrainedRepro(**base, in_view_from=str(tmp_path / "runs/rmt"))
+    path = repro_pretrained(runs=tmp_path / "runs", out=tmp_path / "out", settings=settings)
+    assert path is not None
+    cells = json.loads((tmp_path / "out/pretrained.json").read_text())["cells"]
+    # at one segment, reading it whole is what the memory model does
+    for metric in ("loss", "exact_match", "token_accuracy"):
+        expected = cells["rmt-SmolLM2 (memory+LoRA) @ 1"][metric]
+        assert cells[f"{IN_VIEW} @ 1"][metric] == pytest.approx(expected, rel=1e-5)
+    assert f"{IN_VIEW} @ 2" in cells
+    # 3 x 32 tokens and 16 memory tokens: past the tiny Llama's 96 positions
+    assert f"{IN_VIEW} @ 3" not in cells
+    assert f"--in-view-from {tmp_path / 'runs/rmt'}" in path.read_text()
+
+
+def test_an_in_view_run_of_another_task_or_no_run_is_refused(tmp_path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 8)
+    base = dict(
+        hf_path=str(save_tiny(tmp_path / "llama", "llama")),
+        segment_len=32,
+        stages=(1,),
+        stage_steps=1,
+        lengths=(1,),
+        eval_samples=1,
+        corpus=str(corpus),
+        models=("rmt",),
+    )
+    with pytest.raises(ConfigError, match="is not a memtx run folder"):
+        repro_pretrained(
+            runs=tmp_path / "runs",
+            out=tmp_path / "out",
+            settings=PretrainedRepro(**base, in_view_from=str(tmp_path / "nothing")),
+        )
+    assert not (tmp_path / "runs").exists()  # refused before any training
+    repro_pretrained(
+        runs=tmp_path / "facts",
+        out=tmp_path / "x",
+        settings=PretrainedRepro(**base),
+        train_only=True,
+    )
+    qa = {**base, "task": "qa1", "segment_len": 72, "stages": (2,), "lengths": (2,)}
+    with pytest.raises(ConfigError, match="was trained on task"):
+        repro_pretrained(
+            runs=tmp_path / "runs",
+            out=tmp_path / "out",
+            settings=PretrainedRepro(**qa, in_view_from=str(tmp_path / "facts/rmt")),
+        )
