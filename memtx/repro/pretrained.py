@@ -256,6 +256,7 @@ def repro_pretrained(
         json.loads(results_file.read_text()) if results_file.is_file() else {"cells": {}}
     )
     results["settings"] = dataclasses.asdict(settings)
+    results["threads"] = torch.get_num_threads()  # of the call that wrote the table last
 
     def save() -> None:
         results_file.write_text(json.dumps(results, indent=1) + "\n")
@@ -451,16 +452,17 @@ def _markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
         for name, info in training.items()
     ]
     s = settings
+    threads = results.get("threads", 1)
     return "\n".join(
         [
             f"# RMT and ARMT around a pretrained SmolLM2-135M ({_TASK_TITLES[s.task]})",
             "",
-            f"Reproduce: `OMP_NUM_THREADS=1 memtx repro pretrained {_flags(s)}` "
+            f"Reproduce: `OMP_NUM_THREADS={threads} memtx repro pretrained {_flags(s)}` "
             f"(segments of {s.segment_len}, curriculum {list(s.stages)} x {s.stage_steps} steps"
             f"{', segments drawn per batch' if s.vary_segments else ''}, "
             f"batch {s.batch_size}, lr {s.lr}, LoRA rank {s.lora_rank}, {s.eval_samples} "
             f"held-out samples per length, corpus {s.corpus} (evaluated on its held-out "
-            "documents), one CPU thread).",
+            f"documents), {threads} CPU thread{'s' if threads > 1 else ''}).",
             "",
             "Cells: exact match / answer token accuracy "
             f"({'3 digits' if s.task == 'facts' else 'the answer word'}) on the same samples"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from memtx.cli import app
@@ -34,6 +35,8 @@ def test_the_table_has_every_model_at_every_length_on_the_same_samples(tmp_path)
     assert set(results["throughput"]) == {"rmt", "armt", "bare"}
     table = path.read_text()
     assert "last segment only" in table and "full attention" in table and "x the bare" in table
+    # the thread count it ran with, not an assumed one
+    assert f"OMP_NUM_THREADS={torch.get_num_threads()} memtx repro pretrained" in table
     again = repro_pretrained(runs=tmp_path / "runs", out=tmp_path / "out", settings=settings)
     assert again.read_text() == table  # finished runs and cells are reused
 
