@@ -24,14 +24,17 @@ from memtx.repro.pretrained import PretrainedRepro
 from memtx.train import train
 
 
-def main(out: Path, steps: int = 300) -> None:
-    raw = PretrainedRepro(task="qa1", segment_len=256).run_config("rmt").to_dict()
+def main(out: Path, steps: int = 300, background_segments: int = 0) -> None:
+    """``background_segments`` > 0: the story hidden in that many segments of 128 tokens of
+    background, all in one segment in view (a fine-tuned full-attention ceiling)."""
+    length = 128 * background_segments if background_segments else 256
+    raw = PretrainedRepro(task="qa1", segment_len=length).run_config("rmt").to_dict()
     raw["task"].update(
         {
             "segments": 1,
             "stages": [1],
             "stage_steps": steps,
-            "background": False,
+            "background": background_segments > 0,
             "eval_samples": 64,
             "advance_at": 2.0,
         }
@@ -51,4 +54,4 @@ def main(out: Path, steps: int = 300) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:3]))
+    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:4]))

@@ -51,7 +51,7 @@ from memtx.repro.prompted import prompted_accuracy
 from memtx.train import load_saved_run, load_trained, train
 from memtx.training.sources import TaskSource
 
-__all__ = ["SMOLLM2_FILE", "PretrainedRepro", "repro_pretrained", "smollm2_path"]
+__all__ = ["SMOLLM2_FILE", "PretrainedRepro", "in_view_row", "repro_pretrained", "smollm2_path"]
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: the wrapped models: name -> model fields beyond the backbone's
@@ -65,8 +65,12 @@ TASKS = ("facts", "qa1", "qa2", "qa3", "qa4", "qa5")
 EVAL_SEED = 12345
 #: the zero-shot row of the qa tasks (:mod:`memtx.repro.prompted`)
 ASKED = "SmolLM2-Instruct asked in words (full attention, BABILong's rule)"
-#: the fine-tuned full-attention row (``PretrainedRepro.in_view_from``)
-IN_VIEW = "SmolLM2 fine-tuned in view, whole input (full attention)"
+
+
+def in_view_row(run_dir: str | Path) -> str:
+    """The table's row of the run fine-tuned in view (``PretrainedRepro.in_view_from``),
+    named after its folder so that runs of several in-view recipes keep their own rows."""
+    return f"SmolLM2 fine-tuned in view ({Path(run_dir).name}), whole input (full attention)"
 
 
 def smollm2_path() -> str:
@@ -307,10 +311,11 @@ def repro_pretrained(
         fits = positions is None or segments * settings.segment_len <= positions
         if fits:
             contenders["SmolLM2, whole input (full attention)"] = (full, task, 1)
-        if settings.in_view_from and f"{IN_VIEW} @ {length}" not in results["cells"]:
+        in_view_name = in_view_row(settings.in_view_from or "")
+        if settings.in_view_from and f"{in_view_name} @ {length}" not in results["cells"]:
             in_view = _in_view(Path(settings.in_view_from), settings, segments, positions)
             if in_view is not None:
-                contenders[IN_VIEW] = (in_view, task, 1)
+                contenders[in_view_name] = (in_view, task, 1)
         for name, (model, shown, batch) in contenders.items():
             key = f"{name} @ {length}"
             if key in results["cells"]:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from memtx.cli import app
 from memtx.errors import ConfigError
-from memtx.repro.pretrained import ASKED, IN_VIEW, PretrainedRepro, repro_pretrained
+from memtx.repro.pretrained import ASKED, PretrainedRepro, in_view_row, repro_pretrained
 from tests.pretrained_models import TEXT, needs_peft, save_tiny
 
 pytestmark = needs_peft
@@ -162,6 +162,8 @@ def test_a_run_fine_tuned_in_view_reads_each_input_whole_and_equals_the_memory_a
     path = repro_pretrained(runs=tmp_path / "runs", out=tmp_path / "out", settings=settings)
     assert path is not None
     cells = json.loads((tmp_path / "out/pretrained.json").read_text())["cells"]
+    IN_VIEW = in_view_row(tmp_path / "runs/rmt")
+    assert "(rmt)" in IN_VIEW
     # at one segment, reading it whole is what the memory model does
     for metric in ("loss", "exact_match", "token_accuracy"):
         expected = cells["rmt-SmolLM2 (memory+LoRA) @ 1"][metric]
