@@ -18,7 +18,8 @@ from memtx.config import RunConfig
 from memtx.data import PretrainedTokenizer, prepare_data
 from memtx.evaluate import evaluate_task
 from memtx.models.hf import load_hf_model
-from memtx.repro.pretrained import BareLM, LastSegment, smollm2_path
+from memtx.repro.pretrained import smollm2_path
+from memtx.repro.references import BareLM, LastSegment
 from memtx.training.sources import TaskSource
 
 SEGMENT = 128

@@ -36,18 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from memtx.bench.common import markdown_table
-from memtx.config import RunConfig, TransformerConfig
+from memtx.config import RunConfig
 from memtx.data import load_tokenizer, prepare_data
-from memtx.data.tasks import TaskSample
 from memtx.errors import ConfigError
 from memtx.evaluate import evaluate_task
 from memtx.models.hf import load_hf_model
-from memtx.models.protocol import StepOutput
 from memtx.recurrence import stream
 from memtx.repro.prompted import prompted_accuracy
+from memtx.repro.references import BareLM, LastSegment
 from memtx.train import load_saved_run, load_trained, train
 from memtx.training.sources import TaskSource
 
@@ -189,48 +188,6 @@ class PretrainedRepro:
                 "task": self.task_section(),
             }
         )
-
-
-class BareLM(nn.Module):
-    """The bare Hugging Face model as a segment model without memory (a reference).
-
-    ``segment_len`` is what it reads at once: 128 reads segment by segment, each alone;
-    the whole input's length is full attention.
-    """
-
-    memory_carries_grad = False
-
-    def __init__(self, hf: nn.Module, *, vocab_size: int, segment_len: int) -> None:
-        super().__init__()
-        self.hf: Any = hf
-        # A config for the driver (sizes other than vocab and segment are not used).
-        self.config = TransformerConfig(
-            vocab_size=vocab_size, d_model=2, n_heads=1, n_layers=1, segment_len=segment_len
-        )
-
-    def init_memory(self, batch_size: int, *, device: torch.device | str | None = None) -> Tensor:
-        return torch.zeros(batch_size, 0, device=device)
-
-    def step(self, tokens: Tensor, memory: Tensor) -> StepOutput:
-        return StepOutput(self.hf(input_ids=tokens).logits, memory)
-
-    def advance(self, tokens: Tensor, memory: Tensor) -> Tensor:
-        return memory
-
-    def cached_decoder(self) -> None:
-        return None
-
-
-class LastSegment:
-    """``task``'s samples cut to their last ``segment_len`` tokens (the answer is there)."""
-
-    def __init__(self, task: Any, segment_len: int) -> None:
-        self.task, self.segment_len = task, segment_len
-
-    def sample(self, batch_size: int, *, generator: torch.Generator) -> TaskSample:
-        full = self.task.sample(batch_size, generator=generator)
-        cut = slice(-self.segment_len, None)
-        return TaskSample(full.inputs[:, cut], full.targets[:, cut], full.answer_mask[:, cut])
 
 
 def repro_pretrained(
