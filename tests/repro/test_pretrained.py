@@ -16,6 +16,15 @@ from tests.pretrained_models import TEXT, needs_peft, save_tiny
 pytestmark = needs_peft
 
 
+def _tiny(tmp_path, *, positions: int | None = None) -> dict:
+    """The fields every tiny table shares: a tiny random Llama, a small corpus, 1 step a stage."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 8)
+    extra = {} if positions is None else {"positions": positions}
+    checkpoint = save_tiny(tmp_path / "llama", "llama", **extra)
+    return {"hf_path": str(checkpoint), "corpus": str(corpus), "stage_steps": 1}
+
+
 def test_the_table_has_every_model_at_every_length_on_the_same_samples(tmp_path) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 8)
@@ -65,17 +74,13 @@ def test_a_babilong_task_is_the_runs_task_and_a_bad_one_is_refused(tmp_path) -> 
 def test_qa1_scores_the_story_alone_at_0_and_skips_full_attention_past_its_positions(
     tmp_path,
 ) -> None:
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(TEXT * 8)
     settings = PretrainedRepro(
-        hf_path=str(save_tiny(tmp_path / "llama", "llama")),
+        **_tiny(tmp_path),
         task="qa1",
         segment_len=72,  # the tiny tokenizer's story needs up to 129 tokens
         stages=(2,),
-        stage_steps=1,
         lengths=(0, 2),
         eval_samples=2,
-        corpus=str(corpus),
         models=("rmt",),
         vary_segments=True,
     )
@@ -99,17 +104,13 @@ def test_qa1_scores_the_story_alone_at_0_and_skips_full_attention_past_its_posit
 
 
 def test_a_qa_table_asks_the_bare_instruct_model_in_words_where_the_input_fits(tmp_path) -> None:
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(TEXT * 8)
     settings = PretrainedRepro(
-        hf_path=str(save_tiny(tmp_path / "llama", "llama", positions=512)),
+        **_tiny(tmp_path, positions=512),
         task="qa1",
         segment_len=72,
         stages=(2,),
-        stage_steps=1,
         lengths=(0, 2),
         eval_samples=2,
-        corpus=str(corpus),
         models=("rmt",),
     )
     path = repro_pretrained(runs=tmp_path / "runs", out=tmp_path / "out", settings=settings)
@@ -140,16 +141,12 @@ def test_bad_models_and_a_facts_length_0_are_refused(tmp_path) -> None:
 def test_a_run_fine_tuned_in_view_reads_each_input_whole_and_equals_the_memory_at_one_segment(
     tmp_path,
 ) -> None:
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(TEXT * 8)
     base = dict(
-        hf_path=str(save_tiny(tmp_path / "llama", "llama")),
+        **_tiny(tmp_path),
         segment_len=32,
         stages=(1, 2),
-        stage_steps=1,
         lengths=(1, 2, 3),
         eval_samples=3,
-        corpus=str(corpus),
         models=("rmt",),
     )
     repro_pretrained(
@@ -175,16 +172,12 @@ def test_a_run_fine_tuned_in_view_reads_each_input_whole_and_equals_the_memory_a
 
 
 def test_an_in_view_run_of_another_task_or_no_run_is_refused(tmp_path) -> None:
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(TEXT * 8)
     base = dict(
-        hf_path=str(save_tiny(tmp_path / "llama", "llama")),
+        **_tiny(tmp_path),
         segment_len=32,
         stages=(1,),
-        stage_steps=1,
         lengths=(1,),
         eval_samples=1,
-        corpus=str(corpus),
         models=("rmt",),
     )
     with pytest.raises(ConfigError, match="is not a memtx run folder"):
