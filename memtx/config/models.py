@@ -213,6 +213,11 @@ class RMTConfig(ModelConfig):
         write_gate: a learned per-slot gate g in (0, 1) on the write: the next memory is
             ``read + g * (written - read)``, so a segment with nothing to store can leave
             the memory as it was (False: the paper's full overwrite).
+        memory_scale: ``"output"`` (the paper's) passes the last layer's final-normalized
+            outputs on as they are; ``"embedding"`` rescales each written slot to the RMS
+            of the backbone's token embeddings (the scale of the learned initial memory),
+            so every segment reads memory at the scale the first layer was trained on. A
+            pretrained SmolLM2 writes slots of norm ~54 against token embeddings of ~3.2.
     """
 
     name: ClassVar[str] = "rmt"
@@ -223,6 +228,7 @@ class RMTConfig(ModelConfig):
     hf_path: str | None = None
     hf_model_type: str = "gpt2"
     write_gate: bool = False
+    memory_scale: Literal["output", "embedding"] = "output"
 
     def _validate(self) -> None:
         super()._validate()

@@ -109,6 +109,10 @@ class Backbone(Protocol):
         """Token embeddings [B, L, d] of ``ids`` [B, L] (``run`` adds the dropout)."""
         ...
 
+    def embedding_rms(self) -> float:
+        """The RMS of the token embedding table's entries (recomputed when it changes)."""
+        ...
+
     def run(
         self,
         inputs: Tensor,
@@ -145,6 +149,15 @@ def build_backbone(
             "got backbone='builtin'"
         )
     return BuiltinBackbone(config)
+
+
+def table_rms(weight: Tensor, cache: dict[str, Any]) -> float:
+    """The RMS of ``weight``'s entries, kept in ``cache`` until the tensor is changed in
+    place (an optimizer step or a load bumps its version counter)."""
+    key = (weight.data_ptr(), weight._version)
+    if cache.get("key") != key:
+        cache["key"], cache["rms"] = key, float(weight.detach().float().pow(2).mean().sqrt())
+    return float(cache["rms"])
 
 
 def adopt_backbone(model: nn.Module, backbone: Backbone) -> None:
@@ -188,6 +201,9 @@ class BuiltinBackbone(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
+
+    def embedding_rms(self) -> float:
+        return table_rms(self.embed.weight, self.__dict__.setdefault("_rms_cache", {}))
 
     def run(
         self,
@@ -252,6 +268,10 @@ class HFBackbone(nn.Module):
     def init_std(self) -> float:
         """The measured scale of the model's own token embeddings."""
         return float(self.hf.get_input_embeddings().weight.detach().std())
+
+    def embedding_rms(self) -> float:
+        weight = self.hf.get_input_embeddings().weight
+        return table_rms(weight, self.__dict__.setdefault("_rms_cache", {}))
 
     def embed(self, ids: Tensor) -> Tensor:
         """The HF model's input embedding of ``ids`` [B, L] -> [B, L, d]."""

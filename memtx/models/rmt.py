@@ -53,6 +53,13 @@ almost unchanged (``g`` near 0), so what is kept decays as the product of the ga
 instead of through a thousand re-encodings. ``w`` starts at zero and ``b`` at 2
 (``g`` = 0.88 everywhere): at init the model is close to the paper's RMT.
 
+Memory scale (``memory_scale``, ``"output"`` by default, the paper's): the written slots
+are final-normalized outputs, which a pretrained model scales for its head, not for its
+input (SmolLM2: norm ~54 per slot against ~3.2 per token embedding). ``"embedding"``
+rescales each written slot to the token embeddings' RMS (the learned initial memory has
+that scale too; measured again only when the table changes), before the write gate mixes it in;
+its direction, which is all the next segment's first normalization sees, is unchanged.
+
 Backbones (``config.backbone``, see :mod:`memtx.models.backbones`): ``"builtin"``, our
 pre-LN blocks with rotary positions, a tied embedding and head, and a KV cache for
 generation; ``"hf"``, any Hugging Face causal LM (built from a config with our sizes or
@@ -289,6 +296,9 @@ class RMT(SegmentLM):
         else:
             new_memory = hidden[:, :m]  # the read slots: the failing ablation
         slots = new_memory.to(self.initial_memory.dtype)
+        if self.config.memory_scale == "embedding":
+            rms = slots.pow(2).mean(dim=-1, keepdim=True).add(1e-12).sqrt()  # (B, m, 1)
+            slots = slots * (self.backbone.embedding_rms() / rms)
         aux: dict[str, Tensor] = {}
         if self.write_gate is not None:
             gate = torch.sigmoid(self.write_gate(slots))  # (B, m, 1)

@@ -422,3 +422,50 @@ def test_write_gate_mixes_the_read_memory_and_the_written_one() -> None:
 def test_write_gate_needs_the_read_write_layout() -> None:
     with pytest.raises(ConfigError, match=r"write_gate needs model\.memory_layout='read_write'"):
         memtx.build("rmt", **{**SMALL["rmt"][1], "write_gate": True, "memory_layout": "read_only"})
+
+
+@pytest.mark.parametrize("key", BACKBONES)
+def test_memory_scale_embedding_rescales_each_written_slot_to_the_embeddings_rms(
+    key: str,
+) -> None:
+    """``memory_scale="embedding"``: the same directions as the paper's write, each slot
+    at the token embeddings' RMS; the logits of the segment are untouched."""
+    if key == "rmt_hf" and not HAS_TRANSFORMERS:
+        pytest.skip("transformers is not installed")
+    plain = model_of(key)
+    scaled = model_of(key, memory_scale="embedding")
+    scaled.load_state_dict(plain.state_dict())
+    memory = plain.init_memory(2)
+    with torch.no_grad():
+        table = scaled.backbone.embed(torch.arange(VOCAB)[None])  # (1, V, d) every row
+        target = float(table.pow(2).mean().sqrt())
+        for seed in (5, 6):  # the second segment reads a written (rescaled) memory
+            segment = tokens(2, 8, seed=seed)
+            ours, theirs = scaled.step(segment, memory), plain.step(segment, memory)
+            torch.testing.assert_close(ours.logits, theirs.logits)
+            rms = ours.memory.slots.pow(2).mean(dim=-1).sqrt()  # (B, m)
+            torch.testing.assert_close(rms, torch.full_like(rms, target))
+            cosine = F.cosine_similarity(ours.memory.slots, theirs.memory.slots, dim=-1)
+            torch.testing.assert_close(cosine, torch.ones_like(cosine))
+            memory = ours.memory
+    assert not torch.allclose(theirs.memory.slots.norm(dim=-1), ours.memory.slots.norm(dim=-1))
+
+
+@pytest.mark.parametrize("key", BACKBONES)
+def test_embedding_rms_follows_the_table_when_it_changes(key: str) -> None:
+    if key == "rmt_hf" and not HAS_TRANSFORMERS:
+        pytest.skip("transformers is not installed")
+    backbone = model_of(key).backbone
+    before = backbone.embedding_rms()
+    with torch.no_grad():
+        table = backbone.embed(torch.arange(VOCAB)[None])
+        assert before == pytest.approx(float(table.pow(2).mean().sqrt()))
+        hf = key == "rmt_hf"
+        weight = backbone.hf.get_input_embeddings().weight if hf else backbone.embed.weight
+        weight.mul_(3.0)  # in place, as an optimizer step or a load changes it
+    assert backbone.embedding_rms() == pytest.approx(3.0 * before)
+
+
+def test_memory_scale_is_checked() -> None:
+    with pytest.raises(ConfigError, match="memory_scale"):
+        memtx.build("rmt", **{**SMALL["rmt"][1], "memory_scale": "unit"})
