@@ -18,7 +18,7 @@ import math
 import resource
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from memtx.recurrence import stream
 __all__ = [
     "EvalResult",
     "RowTask",
+    "SupportTask",
     "evaluate_haystacks",
     "evaluate_task",
     "evaluate_tokens",
@@ -101,10 +102,13 @@ class _AnswerScore:
         self.scored += int(scored_here.sum())
         self.wrong += (scored_here & ~hits).sum(1)
 
-    def end_rows(self) -> None:
+    def end_rows(self) -> Tensor:
+        """Close the current rows; returns which of them were exactly right, [B] bool."""
         assert self.wrong is not None
-        self.exact += int((self.wrong == 0).sum())
+        right = self.wrong == 0
+        self.exact += int(right.sum())
         self.rows += self.wrong.shape[0]
+        return right
 
     def result(self) -> dict[str, float]:
         return {
@@ -257,6 +261,17 @@ class RowTask(Protocol):
         ...
 
 
+class SupportTask(RowTask, Protocol):
+    """A :class:`RowTask` that also says where each row's supporting fact ends."""
+
+    def support_rows(
+        self, batch: int, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``token_rows``'s rows and the index [B] of the earliest supporting fact's last
+        token."""
+        ...
+
+
 @torch.no_grad()
 def evaluate_haystacks(
     model: SegmentModel,
@@ -268,6 +283,7 @@ def evaluate_haystacks(
     batch_size: int = 32,
     chunk_segments: int = 64,
     bar: ProgressBar[Any] | None = None,
+    by_distance: bool = False,
 ) -> dict[str, float]:
     """:func:`evaluate_task`'s figures for long rows, in memory that does not grow with N.
 
@@ -285,22 +301,34 @@ def evaluate_haystacks(
         batch_size: rows streamed together.
         chunk_segments: segments converted to int64 and moved to ``device`` at a time.
         bar: a progress bar to advance by the tokens read.
+        by_distance: also score the rows by how many segments back their earliest
+            supporting fact ends (0: in the question's own segment), for a task with
+            ``support_rows`` (:class:`SupportTask`); the rows are the same.
 
     Returns:
         ``loss``, ``token_accuracy``, ``exact_match`` (as :func:`evaluate_task`), and
         ``tokens`` (tokens read) and ``tokens_per_s`` (reading throughput, row
-        generation included).
+        generation included). With ``by_distance``, for each distance d that occurs,
+        ``exact_match_back_<d>`` and ``samples_back_<d>``.
 
     Raises:
-        DataError: ``samples``, ``batch_size`` or ``chunk_segments`` < 1.
+        DataError: ``samples``, ``batch_size`` or ``chunk_segments`` < 1; ``by_distance``
+            for a task without ``support_rows``.
     """
     for name, value in (("samples", samples), ("batch_size", batch_size)):
         if value < 1:
             raise DataError(f"{name} must be >= 1, got {value}")
     if chunk_segments < 1:
         raise DataError(f"chunk_segments must be >= 1, got {chunk_segments}")
+    if by_distance and not callable(getattr(task, "support_rows", None)):
+        raise DataError(
+            f"by_distance needs a task that says where its facts are (support_rows); "
+            f"{type(task).__name__} does not"
+        )
     device = torch.device(device)
-    chunk = chunk_segments * model.config.segment_len
+    segment_len = model.config.segment_len
+    chunk = chunk_segments * segment_len
+    back: dict[int, list[int]] = {}  # segments back -> [right, rows]
     was_training = getattr(model, "training", False)
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -308,7 +336,12 @@ def evaluate_haystacks(
     began = time.perf_counter()
     try:
         for first in range(0, samples, batch_size):
-            tokens, spans = task.token_rows(min(batch_size, samples - first), generator)
+            rows = min(batch_size, samples - first)
+            if by_distance:
+                tokens, spans, support = cast(SupportTask, task).support_rows(rows, generator)
+                distance = spans[:, 0] // segment_len - support // segment_len  # (B,)
+            else:
+                tokens, spans = task.token_rows(rows, generator)
             batch, length = tokens.shape[0], tokens.shape[1] - 1  # N inputs per row
             # target j (= token j + 1) is scored when it is among the row's answer tokens
             answer_from, answer_to = torch.from_numpy(spans).to(device).unbind(1)  # (B,) each
@@ -329,12 +362,21 @@ def evaluate_haystacks(
                     score.add(out.logits, piece[:, start + 1 : start + 1 + width], scored_here)
                 if bar is not None:
                     bar.update(batch * (end - begin))
-            score.end_rows()
+            right = score.end_rows()
+            if by_distance:
+                for d, ok in zip(distance.tolist(), right.tolist(), strict=True):
+                    cell = back.setdefault(d, [0, 0])
+                    cell[0], cell[1] = cell[0] + ok, cell[1] + 1
             read += batch * length
     finally:
         model.train(was_training)
+    by_back = {}
+    for d, (hits, rows) in sorted(back.items()):
+        by_back[f"exact_match_back_{d}"] = hits / rows
+        by_back[f"samples_back_{d}"] = float(rows)
     return {
         **score.result(),
         "tokens": float(read),
         "tokens_per_s": read / max(time.perf_counter() - began, 1e-9),
+        **by_back,
     }

@@ -138,3 +138,35 @@ def test_haystacks_streamed_in_chunks_score_as_evaluate_task() -> None:
             assert streamed[key] == pytest.approx(whole[key], abs=1e-9)
     with pytest.raises(DataError, match="chunk_segments must be >= 1"):
         evaluate_haystacks(model, task, samples=1, device="cpu", seed=0, chunk_segments=0)
+
+
+def test_haystacks_by_distance_split_the_same_rows_by_their_facts_segment() -> None:
+    from memtx.evaluate import evaluate_haystacks
+
+    torch.manual_seed(0)
+    model = memtx.build(
+        "rmt", vocab_size=256, d_model=32, n_layers=1, n_heads=2, segment_len=64, memory_tokens=2
+    )
+    text = (b"The quick fox ran. A dog sat down! Was it here? " * 400)[:16000]
+    noise = np.frombuffer(text, dtype=np.uint8)
+    task = make_task("babilong", segments=5, segment_len=64, seed=0, qa="qa1", noise=noise)
+    kwargs = {"samples": 24, "device": "cpu", "seed": 3, "batch_size": 5}
+    plain = evaluate_haystacks(model, task, **kwargs)
+    split = evaluate_haystacks(model, task, **kwargs, by_distance=True)
+    for key in ("loss", "token_accuracy", "exact_match"):
+        assert split[key] == pytest.approx(plain[key], abs=1e-12)
+    # each row's distance by hand: the question's segment minus its supporting fact's
+    generator, expected = torch.Generator().manual_seed(3), {}
+    for first in range(0, 24, 5):
+        _, spans, support = task.support_rows(min(5, 24 - first), generator)
+        for d in (spans[:, 0] // 64 - support // 64).tolist():
+            expected[d] = expected.get(d, 0) + 1
+    assert len(expected) > 1  # the facts fall in several segments
+    assert {k: v for k, v in split.items() if k.startswith("samples_back_")} == {
+        f"samples_back_{d}": float(n) for d, n in expected.items()
+    }
+    mean = sum(split[f"exact_match_back_{d}"] * n for d, n in expected.items()) / 24
+    assert mean == pytest.approx(plain["exact_match"])
+    copy = make_task("copy", segments=3, segment_len=8, alphabet=4, source_len=4, seed=0)
+    with pytest.raises(DataError, match="by_distance needs a task that says where"):
+        evaluate_haystacks(model, copy, samples=1, device="cpu", seed=0, by_distance=True)

@@ -38,13 +38,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from memtx.bench.common import markdown_table
 from memtx.config import RunConfig
 from memtx.data import load_tokenizer, prepare_data
 from memtx.errors import ConfigError
-from memtx.evaluate import evaluate_task
+from memtx.evaluate import evaluate_haystacks, evaluate_task
 from memtx.models.hf import load_hf_model
+from memtx.models.protocol import SegmentLM
 from memtx.recurrence import stream
+from memtx.repro.pretrained_report import markdown
 from memtx.repro.prompted import prompted_accuracy
 from memtx.repro.references import BareLM, LastSegment
 from memtx.train import load_saved_run, load_trained, train
@@ -278,15 +279,7 @@ def repro_pretrained(
             if key in results["cells"]:
                 continue
             began = time.perf_counter()
-            with torch.no_grad():
-                metrics = evaluate_task(
-                    model,
-                    shown,
-                    samples=settings.eval_samples,
-                    device="cpu",
-                    seed=EVAL_SEED,
-                    batch_size=batch,
-                )
+            metrics = _scores(model, shown, samples=settings.eval_samples, batch_size=batch)
             metrics["seconds"] = time.perf_counter() - began
             results["cells"][key] = metrics
             save()
@@ -311,8 +304,19 @@ def repro_pretrained(
         results["throughput"] = _throughput(wrapped, bare_hf, vocab, settings.segment_len)
         save()
     path = out / "pretrained.md"
-    path.write_text(_markdown(results, settings), encoding="utf-8")
+    path.write_text(markdown(results, settings), encoding="utf-8")
     return path
+
+
+def _scores(model: Any, task: Any, *, samples: int, batch_size: int) -> dict[str, Any]:
+    """:func:`evaluate_task`'s figures on the table's samples; for a memory model on a task
+    that says where its facts are, also split by how many segments back the supporting
+    fact ends (:func:`evaluate_haystacks` draws the same rows: the figures are equal)."""
+    kwargs = {"samples": samples, "device": "cpu", "seed": EVAL_SEED, "batch_size": batch_size}
+    with torch.no_grad():
+        if isinstance(model, SegmentLM) and callable(getattr(task, "support_rows", None)):
+            return evaluate_haystacks(model, task, by_distance=True, **kwargs)
+        return evaluate_task(model, task, **kwargs)
 
 
 def _in_view(
@@ -377,94 +381,3 @@ def _throughput(
                 pass
         rates[name] = tokens.numel() / (time.perf_counter() - began)
     return rates
-
-
-def _markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
-    cells = results["cells"]
-    names = list(dict.fromkeys(key.rsplit(" @ ", 1)[0] for key in cells))
-    rows = []
-    for name in names:
-        row = [name]
-        for length in settings.lengths:
-            cell = cells.get(f"{name} @ {length}")
-            if cell is None:
-                row.append("-")
-            elif cell["token_accuracy"] is None:  # a generated answer: right or wrong
-                row.append(f"{cell['exact_match']:.2f}")
-            else:
-                row.append(f"{cell['exact_match']:.2f} / {cell['token_accuracy']:.2f}")
-        rows.append(row)
-    header = [
-        "model",
-        *(
-            f"{n} seg ({n * settings.segment_len} tok)" if n else "0 (story alone)"
-            for n in settings.lengths
-        ),
-    ]
-    rates = results.get("throughput", {})
-    bare = rates.get("bare")
-    speed = [
-        f"- {name}: {rate:,.0f} tokens/s"
-        + (f" ({rate / bare:.2f}x the bare model)" if bare else "")
-        for name, rate in rates.items()
-    ]
-    training = results.get("training", {})
-    trained = [
-        f"- {name}-SmolLM2: {info['steps']} steps in {info['seconds'] / 60:.1f} min"
-        for name, info in training.items()
-    ]
-    s = settings
-    threads = results.get("threads", 1)
-    return "\n".join(
-        [
-            f"# RMT and ARMT around a pretrained SmolLM2-135M ({_TASK_TITLES[s.task]})",
-            "",
-            f"Reproduce: `OMP_NUM_THREADS={threads} memtx repro pretrained {_flags(s)}` "
-            f"(segments of {s.segment_len}, curriculum {list(s.stages)} x {s.stage_steps} steps"
-            f"{', segments drawn per batch' if s.vary_segments else ''}, "
-            f"batch {s.batch_size}, lr {s.lr}, LoRA rank {s.lora_rank}, {s.eval_samples} "
-            f"held-out samples per length, corpus {s.corpus} (evaluated on its held-out "
-            f"documents), {threads} CPU thread{'s' if threads > 1 else ''}).",
-            "",
-            "Cells: exact match / answer token accuracy "
-            f"({'3 digits' if s.task == 'facts' else 'the answer word'}) on the same samples"
-            + (
-                "; the asked-in-words row: the share of greedy answers in which the target is "
-                "the only candidate label (BABILong's rule)."
-                if s.task != "facts"
-                else "."
-            ),
-            "",
-            markdown_table(header, rows),
-            "",
-            "Training:",
-            *trained,
-            "",
-            "Speed (streamed, 8 segments, batch 1, no gradient):",
-            *speed,
-            "",
-        ]
-    )
-
-
-def _flags(s: PretrainedRepro) -> str:
-    """The ``memtx repro pretrained`` options that give ``s`` (those not at their default)."""
-    default = PretrainedRepro()
-    flags = [f"--stage-steps {s.stage_steps}", f"--samples {s.eval_samples}"]
-    for name, flag in (("task", "--task"), ("batch_size", "--batch-size"), ("lr", "--lr")):
-        if getattr(s, name) != getattr(default, name):
-            flags.append(f"{flag} {getattr(s, name)}")
-    for name, flag in (("stages", "--stages"), ("lengths", "--lengths")):
-        if getattr(s, name) != getattr(default, name):
-            flags.append(f"{flag} {','.join(map(str, getattr(s, name)))}")
-    if s.vary_segments:
-        flags.append("--vary-segments")
-    if s.models != default.models:
-        flags.append(f"--models {','.join(s.models)}")
-    for name, flag in (("init_from", "--init-from"), ("in_view_from", "--in-view-from")):
-        if getattr(s, name):
-            flags.append(f"{flag} {getattr(s, name)}")
-    return " ".join(flags)
-
-
-_TASK_TITLES = {"facts": "facts in noise", **{qa: f"BABILong-style {qa}" for qa in TASKS[1:]}}

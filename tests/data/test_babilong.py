@@ -343,6 +343,28 @@ def test_token_rows_are_the_rows_of_sample() -> None:
         assert sample.answer_mask[row].nonzero().flatten().tolist() == list(range(first, stop))
 
 
+@pytest.mark.parametrize("background", [True, False])
+@pytest.mark.parametrize("qa", QA_TASKS)
+def test_layout_ends_each_fact_where_it_is_and_support_rows_name_the_earliest(
+    qa: str, background: bool
+) -> None:
+    task = task_of(qa, background=background)
+    for seed in range(8):
+        row, story, ends = task.layout(seed)
+        assert np.array_equal(row, task.row(seed)[0])
+        assert len(ends) == len(story.facts) and list(ends) == sorted(ends)
+        for fact, end in zip(story.facts, ends, strict=True):
+            written = f"{fact} ".encode()
+            assert bytes(row[end + 1 - len(written) : end + 1].tolist()) == written
+    tokens, spans, support = task.support_rows(6, torch.Generator().manual_seed(4))
+    again, spans_again = task.token_rows(6, torch.Generator().manual_seed(4))
+    assert np.array_equal(tokens, again) and np.array_equal(spans, spans_again)
+    seeds = torch.randint(0, 2**62, (6,), generator=torch.Generator().manual_seed(4)).tolist()
+    for index, seed in enumerate(seeds):
+        _, story, ends = task.layout(seed)
+        assert support[index] == ends[min(story.supporting)] < spans[index, 0]
+
+
 @pytest.mark.parametrize("qa", QA_TASKS)
 def test_answer_span_is_the_answer_then_only_its_pad(qa: str) -> None:
     task = task_of(qa)

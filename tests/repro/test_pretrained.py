@@ -101,6 +101,10 @@ def test_qa1_scores_the_story_alone_at_0_and_skips_full_attention_past_its_posit
     }
     table = path.read_text()
     assert "0 (story alone)" in table and "--vary-segments" in table and "--models rmt" in table
+    for length in (0, 2):  # the memory rows are split by where the supporting fact ends
+        cell = cells[f"rmt-SmolLM2 (memory+LoRA) @ {length}"]
+        counts = {k: v for k, v in cell.items() if k.startswith("samples_back_")}
+        assert counts and sum(counts.values()) == 2
 
 
 def test_a_qa_table_asks_the_bare_instruct_model_in_words_where_the_input_fits(tmp_path) -> None:
@@ -200,3 +204,22 @@ def test_an_in_view_run_of_another_task_or_no_run_is_refused(tmp_path) -> None:
             out=tmp_path / "out",
             settings=PretrainedRepro(**qa, in_view_from=str(tmp_path / "facts/rmt")),
         )
+
+
+def test_the_distance_table_splits_memory_rows_read_in_several_segments() -> None:
+    from memtx.repro.pretrained_report import distance_table
+
+    settings = PretrainedRepro(task="qa1", lengths=(0, 4))
+    split = {"exact_match_back_0": 1.0, "samples_back_0": 3.0}
+    cells = {
+        "rmt @ 0": {**split, "exact_match_back_1": 0.5, "samples_back_1": 2.0},
+        "rmt @ 4": {**split, "exact_match_back_3": 0.0, "samples_back_3": 1.0},
+        "in view @ 4": split,  # one segment: nothing to split
+        "bare @ 4": {"exact_match": 0.0},
+    }
+    lines = distance_table(cells, ["rmt", "in view", "bare"], settings)
+    table = "\n".join(lines)
+    assert "| rmt, story alone | 1.00 (3) | 0.50 (2) | - | - |" in table
+    assert "| rmt, 4 | 1.00 (3) | - | - | 0.00 (1) |" in table
+    assert "in view" not in table and "bare" not in table
+    assert distance_table({"bare @ 4": {"exact_match": 0.0}}, ["bare"], settings) == []

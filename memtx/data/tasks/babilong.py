@@ -272,14 +272,25 @@ class BabilongTask(Task):
         [B, 2] (target j is token j + 1). The same rows as ``sample`` for the same
         generator, at an eighth (a quarter) of the memory of its int64 tensors (a batch of
         32 million-byte haystacks: 32 MB), for evaluation that streams them."""
+        tokens, spans, _ = self.support_rows(batch, generator)
+        return tokens, spans
+
+    def support_rows(
+        self, batch: int, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`token_rows` (the same rows for the same generator) and, per row, where
+        its earliest supporting fact ends: the index [B] of that fact's last token, the
+        fact the memory has to keep longest."""
         tokens = np.empty((batch, self.total_len + 1), dtype=_row_dtype(self.vocab_size))
         spans = np.empty((batch, 2), dtype=np.int64)
+        support = np.empty(batch, dtype=np.int64)
         seeds = torch.randint(0, 2**62, (batch,), generator=generator).tolist()
         for row, seed in enumerate(seeds):
-            tokens[row], story = self.row(seed)
+            tokens[row], story, ends = self.layout(seed)
             start, end = self.answer_span(story)
             spans[row] = start - 1, end - 1  # target j is token j + 1
-        return tokens, spans
+            support[row] = ends[min(story.supporting)]
+        return tokens, spans, support
 
     def answer_span(self, story: Story) -> tuple[int, int]:
         """Where ``story``'s answer sits in its row of :meth:`row`: tokens ``start .. end - 1``
@@ -293,6 +304,11 @@ class BabilongTask(Task):
 
     def row(self, seed: int) -> tuple[np.ndarray, Story]:
         """The ``total_len + 1`` tokens of one row drawn from ``seed``, and its story."""
+        tokens, story, _ = self.layout(seed)
+        return tokens, story
+
+    def layout(self, seed: int) -> tuple[np.ndarray, Story, tuple[int, ...]]:
+        """:meth:`row`, and the index in it of each fact's last token (in story order)."""
         rng = random.Random(seed)
         story = self.story(rng)
         pad = np.full(self.pad_of(story), self.pad_id, self.noise.dtype)
@@ -306,7 +322,8 @@ class BabilongTask(Task):
         fill = self.total_len + 1 - len(tail) - sum(len(fact) for fact in facts)
         if not self.background:
             padding = np.full(fill, self.pad_id, self.noise.dtype)
-            return np.concatenate([padding, *facts, tail]), story
+            nothing = [padding[:0]] * len(facts)  # the facts follow each other
+            return _joined([padding, *nothing], facts, tail, story)
         # A window of ``fill`` tokens that ends at a sentence end, facts at sentence starts.
         first = int(np.searchsorted(self.starts, fill))
         end = int(self.starts[rng.randrange(first, len(self.starts))])
@@ -316,12 +333,8 @@ class BabilongTask(Task):
         inside = self.starts[lo:hi] - begin  # candidate places, in (0, fill]
         cuts = sorted(int(inside[rng.randrange(len(inside))]) for _ in facts)
         window = self.noise[begin:end]
-        pieces, previous = [], 0
-        for cut, fact in zip(cuts, facts):
-            pieces += [window[previous:cut], fact]
-            previous = cut
-        pieces += [window[previous:], tail]
-        return np.concatenate(pieces), story
+        gaps = [window[a:b] for a, b in zip([0, *cuts], [*cuts, fill], strict=True)]
+        return _joined(gaps, facts, tail, story)
 
     def _longest_sentences(self) -> tuple[int, int]:
         """The most tokens a fact (with its space) and a question (with the space before
@@ -351,6 +364,19 @@ class BabilongTask(Task):
                 f"answer's pad), got {len(space)}"
             )
         return int(space[0])
+
+
+def _joined(
+    gaps: list[np.ndarray], facts: list[np.ndarray], tail: np.ndarray, story: Story
+) -> tuple[np.ndarray, Story, tuple[int, ...]]:
+    """``gaps[0] facts[0] gaps[1] facts[1] ... gaps[-1] tail`` (one more gap than facts),
+    the story, and the index of each fact's last token."""
+    pieces, ends, at = [gaps[0]], [], len(gaps[0])
+    for fact, gap in zip(facts, gaps[1:], strict=True):
+        pieces += [fact, gap]
+        ends.append(at + len(fact) - 1)
+        at += len(fact) + len(gap)
+    return np.concatenate([*pieces, tail]), story, tuple(ends)
 
 
 def _ascii(text: str) -> np.ndarray:

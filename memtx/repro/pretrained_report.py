@@ -1,0 +1,141 @@
+"""The tables of ``memtx repro pretrained``: the markdown it writes from its results."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from memtx.bench.common import markdown_table
+
+if TYPE_CHECKING:
+    from memtx.repro.pretrained import PretrainedRepro
+
+__all__ = ["distance_table", "markdown"]
+
+
+def markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
+    cells = results["cells"]
+    names = list(dict.fromkeys(key.rsplit(" @ ", 1)[0] for key in cells))
+    rows = []
+    for name in names:
+        row = [name]
+        for length in settings.lengths:
+            cell = cells.get(f"{name} @ {length}")
+            if cell is None:
+                row.append("-")
+            elif cell["token_accuracy"] is None:  # a generated answer: right or wrong
+                row.append(f"{cell['exact_match']:.2f}")
+            else:
+                row.append(f"{cell['exact_match']:.2f} / {cell['token_accuracy']:.2f}")
+        rows.append(row)
+    header = [
+        "model",
+        *(
+            f"{n} seg ({n * settings.segment_len} tok)" if n else "0 (story alone)"
+            for n in settings.lengths
+        ),
+    ]
+    by_distance = distance_table(cells, names, settings)
+    rates = results.get("throughput", {})
+    bare = rates.get("bare")
+    speed = [
+        f"- {name}: {rate:,.0f} tokens/s"
+        + (f" ({rate / bare:.2f}x the bare model)" if bare else "")
+        for name, rate in rates.items()
+    ]
+    training = results.get("training", {})
+    trained = [
+        f"- {name}-SmolLM2: {info['steps']} steps in {info['seconds'] / 60:.1f} min"
+        for name, info in training.items()
+    ]
+    s = settings
+    threads = results.get("threads", 1)
+    title = "facts in noise" if s.task == "facts" else f"BABILong-style {s.task}"
+    return "\n".join(
+        [
+            f"# RMT and ARMT around a pretrained SmolLM2-135M ({title})",
+            "",
+            f"Reproduce: `OMP_NUM_THREADS={threads} memtx repro pretrained {_flags(s)}` "
+            f"(segments of {s.segment_len}, curriculum {list(s.stages)} x {s.stage_steps} steps"
+            f"{', segments drawn per batch' if s.vary_segments else ''}, "
+            f"batch {s.batch_size}, lr {s.lr}, LoRA rank {s.lora_rank}, {s.eval_samples} "
+            f"held-out samples per length, corpus {s.corpus} (evaluated on its held-out "
+            f"documents), {threads} CPU thread{'s' if threads > 1 else ''}).",
+            "",
+            "Cells: exact match / answer token accuracy "
+            f"({'3 digits' if s.task == 'facts' else 'the answer word'}) on the same samples"
+            + (
+                "; the asked-in-words row: the share of greedy answers in which the target is "
+                "the only candidate label (BABILong's rule)."
+                if s.task != "facts"
+                else "."
+            ),
+            "",
+            markdown_table(header, rows),
+            "",
+            *by_distance,
+            "Training:",
+            *trained,
+            "",
+            "Speed (streamed, 8 segments, batch 1, no gradient):",
+            *speed,
+            "",
+        ]
+    )
+
+
+def distance_table(cells: dict[str, Any], names: list[str], settings: PretrainedRepro) -> list[str]:
+    """The memory models' exact match by how many segments back the supporting fact
+    ends, one row per (model, length) read in more than one segment; [] if none."""
+    rows, most = [], 0
+    for name in names:
+        for length in settings.lengths:
+            cell = cells.get(f"{name} @ {length}", {})
+            back = {
+                int(key.removeprefix("samples_back_")): (
+                    cell[key.replace("samples", "exact_match")],
+                    int(count),
+                )
+                for key, count in cell.items()
+                if key.startswith("samples_back_")
+            }
+            if len(back) > 1:
+                rows.append((f"{name}, {length or 'story alone'}", back))
+                most = max(most, *back)
+    if not rows:
+        return []
+    table = [
+        [
+            label,
+            *(f"{back[d][0]:.2f} ({back[d][1]})" if d in back else "-" for d in range(most + 1)),
+        ]
+        for label, back in rows
+    ]
+    return [
+        "Memory rows by how many segments back the (earliest) supporting fact ends "
+        "(0: in the question's own segment): exact match (samples).",
+        "",
+        markdown_table(["model, length", *(str(d) for d in range(most + 1))], table),
+        "",
+    ]
+
+
+def _flags(s: PretrainedRepro) -> str:
+    """The ``memtx repro pretrained`` options that give ``s`` (those not at their default)."""
+    from memtx.repro.pretrained import PretrainedRepro
+
+    default = PretrainedRepro()
+    flags = [f"--stage-steps {s.stage_steps}", f"--samples {s.eval_samples}"]
+    for name, flag in (("task", "--task"), ("batch_size", "--batch-size"), ("lr", "--lr")):
+        if getattr(s, name) != getattr(default, name):
+            flags.append(f"{flag} {getattr(s, name)}")
+    for name, flag in (("stages", "--stages"), ("lengths", "--lengths")):
+        if getattr(s, name) != getattr(default, name):
+            flags.append(f"{flag} {','.join(map(str, getattr(s, name)))}")
+    if s.vary_segments:
+        flags.append("--vary-segments")
+    if s.models != default.models:
+        flags.append(f"--models {','.join(s.models)}")
+    for name, flag in (("init_from", "--init-from"), ("in_view_from", "--in-view-from")):
+        if getattr(s, name):
+            flags.append(f"{flag} {getattr(s, name)}")
+    return " ".join(flags)
