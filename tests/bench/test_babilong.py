@@ -49,6 +49,17 @@ def _bench(tmp_path: Path, lengths: list[int], **kwargs) -> Path:
     )
 
 
+def test_distances_are_binned_and_popped_from_the_result() -> None:
+    from memtx.bench.babilong import binned_distances
+
+    result = {"exact_match": 0.5, "samples_back_0": 2.0, "exact_match_back_0": 1.0}
+    result |= {"samples_back_2": 1.0, "exact_match_back_2": 0.0}
+    result |= {"samples_back_3": 1.0, "exact_match_back_3": 1.0}
+    result |= {"samples_back_300": 4.0, "exact_match_back_300": 0.25}
+    assert binned_distances(result) == {"0": [2, 2], "2-3": [1, 2], "256+": [1, 4]}
+    assert result == {"exact_match": 0.5}
+
+
 def test_labels() -> None:
     assert [length_label(n) for n in (0, 256, 1024, 65536, 1048576)] == [
         "0",
@@ -100,6 +111,11 @@ def test_cells_are_saved_as_they_finish_and_a_killed_run_continues(
         assert 0.0 <= cell["exact_match"] <= 1.0 and cell["samples"] == 3
         assert cell["tokens"] == 3 * (cell["segments"] * 64) and cell["tokens_per_s"] > 0
     assert cells["rmt/qa1/0"]["segments"] == 4 and cells["rmt/qa1/512"]["segments"] == 8
+    for cell in cells.values():  # every sample in one bin of where its fact ends, no more
+        assert sum(rows for _, rows in cell["by_distance"].values()) == 3
+        assert not any(key.startswith(("samples_back_", "exact_match_back_")) for key in cell)
+    assert "Exact match by how many segments before the question's" in text
+    assert "| RMT, qa1, 512 |" in text and "| RMT, qa1, 0 |" not in text
 
     # Delete the report and run once more: nothing is trained or evaluated again.
     md.unlink()
