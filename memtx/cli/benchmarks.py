@@ -354,6 +354,10 @@ def repro_pretrained(
         Optional[str],
         typer.Option(help="Add this run (fine-tuned with the input in view) reading it whole."),
     ] = None,
+    lora_targets: Annotated[
+        str,
+        typer.Option(help="Modules LoRA adapts, comma-separated (default: the family's)."),
+    ] = "",
 ) -> None:
     """RMT and ARMT around a pretrained SmolLM2 (memory + LoRA) vs the bare model, on facts
     in noise or a BABILong-style task (length 0 there: the story alone)."""
@@ -380,6 +384,7 @@ def repro_pretrained(
         models=tuple(name_list(models, name="--models", known=("rmt", "armt"))),
         init_from=init_from,
         in_view_from=in_view_from,
+        lora_targets=tuple(name for name in lora_targets.split(",") if name.strip()),
     )
     path = run_repro(runs=runs, out=out, settings=settings, train_only=train_only, echo=typer.echo)
     typer.echo("trained" if path is None else f"wrote {path}")

@@ -102,6 +102,8 @@ class PretrainedRepro:
         batch_size: samples per step.
         lr: peak learning rate (memory and LoRA).
         lora_rank: LoRA rank.
+        lora_targets: the modules LoRA adapts (``train.lora_targets``; empty: the family's
+            default, the attention projections).
         lengths: segments per sample of the evaluation.
         eval_samples: held-out samples per length (the same for every model).
         corpus: the noise the facts hide in (evaluation: its held-out split).
@@ -128,6 +130,7 @@ class PretrainedRepro:
     batch_size: int = 1
     lr: float = 2e-3
     lora_rank: int = 8
+    lora_targets: tuple[str, ...] = ()
     lengths: tuple[int, ...] = (4, 8, 16, 32)
     eval_samples: int = 4
     corpus: str = "shakespeare"
@@ -179,6 +182,7 @@ class PretrainedRepro:
                     "warmup_steps": min(10, steps),
                     "trainable": "memory+lora",
                     "lora_rank": self.lora_rank,
+                    "lora_targets": list(self.lora_targets),
                     "seed": self.seed,
                     "log_every": 5,
                     "checkpoint_every": self.stage_steps,

@@ -57,7 +57,8 @@ def markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
             f"Reproduce: `OMP_NUM_THREADS={threads} memtx repro pretrained {_flags(s)}` "
             f"(segments of {s.segment_len}, curriculum {list(s.stages)} x {s.stage_steps} steps"
             f"{', segments drawn per batch' if s.vary_segments else ''}, "
-            f"batch {s.batch_size}, lr {s.lr}, LoRA rank {s.lora_rank}, {s.eval_samples} "
+            f"batch {s.batch_size}, lr {s.lr}, LoRA rank {s.lora_rank}"
+            f"{' on ' + ', '.join(s.lora_targets) if s.lora_targets else ''}, {s.eval_samples} "
             f"held-out samples per length, corpus {s.corpus} (evaluated on its held-out "
             f"documents), {threads} CPU thread{'s' if threads > 1 else ''}).",
             "",
@@ -135,6 +136,8 @@ def _flags(s: PretrainedRepro) -> str:
         flags.append("--vary-segments")
     if s.models != default.models:
         flags.append(f"--models {','.join(s.models)}")
+    if s.lora_targets:
+        flags.append(f"--lora-targets {','.join(s.lora_targets)}")
     for name, flag in (("init_from", "--init-from"), ("in_view_from", "--in-view-from")):
         if getattr(s, name):
             flags.append(f"{flag} {getattr(s, name)}")

@@ -63,6 +63,11 @@ def test_a_babilong_task_is_the_runs_task_and_a_bad_one_is_refused(tmp_path) -> 
     task = settings.run_config("rmt").task
     assert task is not None and task.name == "babilong" and task.qa == "qa1"
     assert task.stage_segments == (2, 4)
+    adapted = PretrainedRepro(hf_path=checkpoint, lora_targets=("q_proj", "up_proj"))
+    assert tuple(adapted.run_config("rmt").train.lora_targets) == ("q_proj", "up_proj")
+    from memtx.repro.pretrained_report import _flags
+
+    assert "--lora-targets q_proj,up_proj" in _flags(adapted)
     facts = PretrainedRepro(hf_path=checkpoint).run_config("armt").task
     assert facts is not None and facts.name == "facts"
     result = CliRunner().invoke(
