@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from memtx.bench.common import markdown_table
+from memtx.bench.common import binned_distances, distance_markdown, markdown_table
 from memtx.config import RunConfig, load_run_config
 from memtx.data.tasks.backgrounds import (
     background_note,
@@ -118,9 +118,6 @@ DEFAULT_LENGTHS = (0, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144, 10485
 #: lengths above this get ``long_samples`` samples instead of ``samples``
 LONG = 65536
 _CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-#: segments between the supporting fact's end and the question, binned: (label, first, last)
-DISTANCE_BINS = (("0", 0, 0), ("1", 1, 1), ("2-3", 2, 3), ("4-15", 4, 15), ("16-63", 16, 63))
-DISTANCE_BINS += (("64-255", 64, 255), ("256+", 256, 1 << 62))
 _EVAL_SEED = 12345
 
 
@@ -176,19 +173,6 @@ class _Pace:
         rate = self.done / max(self.seconds, 1e-9)
         left = (self.total - self.done) / rate
         return f", eval {rate:,.0f} tok/s, ETA {left / 60:.1f} min"
-
-
-def binned_distances(result: dict[str, float]) -> dict[str, list[int]]:
-    """``evaluate_haystacks(by_distance=True)``'s split, popped from ``result`` and binned
-    by :data:`DISTANCE_BINS`: label -> [right, samples]."""
-    binned: dict[str, list[int]] = {}
-    for key in [k for k in result if k.startswith("samples_back_")]:
-        back, rows = int(key.removeprefix("samples_back_")), int(result.pop(key))
-        hits = round(result.pop(f"exact_match_back_{back}") * rows)
-        label = next(name for name, first, last in DISTANCE_BINS if first <= back <= last)
-        cell = binned.setdefault(label, [0, 0])
-        cell[0], cell[1] = cell[0] + hits, cell[1] + rows
-    return {name: binned[name] for name, _, _ in DISTANCE_BINS if name in binned}
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
@@ -448,28 +432,21 @@ def _distance_lines(
     cells: dict[str, Any], *, models: Sequence[str], tasks: Sequence[str], lengths: Sequence[int]
 ) -> list[str]:
     """The cells measured by distance (``by_distance``), as a table; [] if none were."""
-    rows, used = [], set()
+    rows = []
     for model in models:
         for qa in tasks:
             for n in lengths:
                 split = cells.get(f"{model}/{qa}/{n}", {}).get("by_distance")
                 if n and split:
                     rows.append((f"{MODELS[model][0]}, {qa}, {length_label(n)}", split))
-                    used.update(split)
     if not rows:
         return []
-    bins = [name for name, _, _ in DISTANCE_BINS if name in used]
-
-    def shown(split: dict[str, list[int]], name: str) -> str:
-        return f"{split[name][0] / split[name][1]:.2f} ({split[name][1]})" if name in split else ""
-
-    table = [[label, *(shown(split, name) for name in bins)] for label, split in rows]
     return [
         "",
         "Exact match by how many segments before the question's the (earliest) supporting",
         "fact ends (0: in the question's own segment), with the samples in each bin:",
         "",
-        markdown_table(["model, task, length", *bins], table),
+        distance_markdown(rows, first="model, task, length"),
     ]
 
 

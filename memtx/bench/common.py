@@ -16,6 +16,9 @@ import torch
 from memtx.config import TrainConfig
 
 __all__ = [
+    "DISTANCE_BINS",
+    "binned_distances",
+    "distance_markdown",
     "GRAD_CLIP",
     "count_flops",
     "markdown_table",
@@ -160,3 +163,35 @@ def count_flops(step: Callable[[], object]) -> int:
     with counter:
         step()
     return int(counter.get_total_flops())
+
+
+#: segments between the supporting fact's end and the question, binned: (label, first, last)
+DISTANCE_BINS = (("0", 0, 0), ("1", 1, 1), ("2-3", 2, 3), ("4-15", 4, 15), ("16-63", 16, 63))
+DISTANCE_BINS += (("64-255", 64, 255), ("256+", 256, 1 << 62))
+
+
+def binned_distances(result: dict[str, float]) -> dict[str, list[int]]:
+    """``evaluate_haystacks(by_distance=True)``'s split, popped from ``result`` and binned
+    by :data:`DISTANCE_BINS`: label -> [right, samples]."""
+    binned: dict[str, list[int]] = {}
+    for key in [k for k in result if k.startswith("samples_back_")]:
+        back, rows = int(key.removeprefix("samples_back_")), int(result.pop(key))
+        hits = round(result.pop(f"exact_match_back_{back}") * rows)
+        label = next(name for name, first, last in DISTANCE_BINS if first <= back <= last)
+        cell = binned.setdefault(label, [0, 0])
+        cell[0], cell[1] = cell[0] + hits, cell[1] + rows
+    return {name: binned[name] for name, _, _ in DISTANCE_BINS if name in binned}
+
+
+def distance_markdown(rows: list[tuple[str, dict[str, list[int]]]], *, first: str) -> str:
+    """A table of binned splits (:func:`binned_distances`): one row per (label, split),
+    a column per bin that occurs, each cell ``exact match (samples)``."""
+    used = {name for _, split in rows for name in split}
+    bins = [name for name, _, _ in DISTANCE_BINS if name in used]
+
+    def shown(split: dict[str, list[int]], name: str) -> str:
+        return f"{split[name][0] / split[name][1]:.2f} ({split[name][1]})" if name in split else ""
+
+    return markdown_table(
+        [first, *bins], [[label, *(shown(s, b) for b in bins)] for label, s in rows]
+    )

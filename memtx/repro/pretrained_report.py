@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from memtx.bench.common import markdown_table
+from memtx.bench.common import binned_distances, distance_markdown, markdown_table
 
 if TYPE_CHECKING:
     from memtx.repro.pretrained import PretrainedRepro
@@ -86,36 +86,20 @@ def markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
 
 def distance_table(cells: dict[str, Any], names: list[str], settings: PretrainedRepro) -> list[str]:
     """The memory models' exact match by how many segments back the supporting fact
-    ends, one row per (model, length) read in more than one segment; [] if none."""
-    rows, most = [], 0
+    ends (binned), one row per (model, length) read in more than one segment; [] if none."""
+    rows = []
     for name in names:
         for length in settings.lengths:
-            cell = cells.get(f"{name} @ {length}", {})
-            back = {
-                int(key.removeprefix("samples_back_")): (
-                    cell[key.replace("samples", "exact_match")],
-                    int(count),
-                )
-                for key, count in cell.items()
-                if key.startswith("samples_back_")
-            }
-            if len(back) > 1:
-                rows.append((f"{name}, {length or 'story alone'}", back))
-                most = max(most, *back)
+            split = binned_distances(dict(cells.get(f"{name} @ {length}", {})))
+            if len(split) > 1:
+                rows.append((f"{name}, {length or 'story alone'}", split))
     if not rows:
         return []
-    table = [
-        [
-            label,
-            *(f"{back[d][0]:.2f} ({back[d][1]})" if d in back else "-" for d in range(most + 1)),
-        ]
-        for label, back in rows
-    ]
     return [
         "Memory rows by how many segments back the (earliest) supporting fact ends "
         "(0: in the question's own segment): exact match (samples).",
         "",
-        markdown_table(["model, length", *(str(d) for d in range(most + 1))], table),
+        distance_markdown(rows, first="model, length"),
         "",
     ]
 

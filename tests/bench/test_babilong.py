@@ -49,17 +49,6 @@ def _bench(tmp_path: Path, lengths: list[int], **kwargs) -> Path:
     )
 
 
-def test_distances_are_binned_and_popped_from_the_result() -> None:
-    from memtx.bench.babilong import binned_distances
-
-    result = {"exact_match": 0.5, "samples_back_0": 2.0, "exact_match_back_0": 1.0}
-    result |= {"samples_back_2": 1.0, "exact_match_back_2": 0.0}
-    result |= {"samples_back_3": 1.0, "exact_match_back_3": 1.0}
-    result |= {"samples_back_300": 4.0, "exact_match_back_300": 0.25}
-    assert binned_distances(result) == {"0": [2, 2], "2-3": [1, 2], "256+": [1, 4]}
-    assert result == {"exact_match": 0.5}
-
-
 def test_labels() -> None:
     assert [length_label(n) for n in (0, 256, 1024, 65536, 1048576)] == [
         "0",

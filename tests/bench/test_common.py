@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-from memtx.bench.common import markdown_table, report_worker, run_json_worker
+from memtx.bench.common import (
+    binned_distances,
+    distance_markdown,
+    markdown_table,
+    report_worker,
+    run_json_worker,
+)
 
 
 def test_peak_rss_window_forgets_an_earlier_peak() -> None:
@@ -55,3 +61,21 @@ def test_a_failing_worker_process_becomes_a_failed_row() -> None:
     result = run_json_worker("memtx.bench.scaling", args, timeout_s=120, threads=1)
     assert result["status"].startswith("failed (")
     assert "no-such-model" in result["status"]
+
+
+def test_distances_are_binned_and_popped_from_the_result() -> None:
+    result = {"exact_match": 0.5, "samples_back_0": 2.0, "exact_match_back_0": 1.0}
+    result |= {"samples_back_2": 1.0, "exact_match_back_2": 0.0}
+    result |= {"samples_back_3": 1.0, "exact_match_back_3": 1.0}
+    result |= {"samples_back_300": 4.0, "exact_match_back_300": 0.25}
+    assert binned_distances(result) == {"0": [2, 2], "2-3": [1, 2], "256+": [1, 4]}
+    assert result == {"exact_match": 0.5}
+
+
+def test_distance_markdown_has_a_column_per_bin_that_occurs() -> None:
+    table = distance_markdown(
+        [("a", {"0": [1, 2], "256+": [0, 3]}), ("b", {"1": [1, 1]})], first="m"
+    )
+    lines = table.splitlines()
+    assert lines[0] == "| m | 0 | 1 | 256+ |"
+    assert lines[2] == "| a | 0.50 (2) |  | 0.00 (3) |" and lines[3] == "| b |  | 1.00 (1) |  |"

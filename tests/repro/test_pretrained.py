@@ -224,7 +224,8 @@ def test_the_distance_table_splits_memory_rows_read_in_several_segments() -> Non
     }
     lines = distance_table(cells, ["rmt", "in view", "bare"], settings)
     table = "\n".join(lines)
-    assert "| rmt, story alone | 1.00 (3) | 0.50 (2) | - | - |" in table
-    assert "| rmt, 4 | 1.00 (3) | - | - | 0.00 (1) |" in table
+    assert "| model, length | 0 | 1 | 2-3 |" in table
+    assert "| rmt, story alone | 1.00 (3) | 0.50 (2) |  |" in table
+    assert "| rmt, 4 | 1.00 (3) |  | 0.00 (1) |" in table
     assert "in view" not in table and "bare" not in table
     assert distance_table({"bare @ 4": {"exact_match": 0.0}}, ["bare"], settings) == []
