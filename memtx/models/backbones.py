@@ -109,8 +109,8 @@ class Backbone(Protocol):
         """Token embeddings [B, L, d] of ``ids`` [B, L] (``run`` adds the dropout)."""
         ...
 
-    def embedding_rms(self) -> float:
-        """The RMS of the token embedding table's entries (recomputed when it changes)."""
+    def embedding_rms(self) -> Tensor:
+        """The RMS of the token embedding table's entries, 0-d (recomputed when it changes)."""
         ...
 
     def run(
@@ -151,13 +151,15 @@ def build_backbone(
     return BuiltinBackbone(config)
 
 
-def table_rms(weight: Tensor, cache: dict[str, Any]) -> float:
-    """The RMS of ``weight``'s entries, kept in ``cache`` until the tensor is changed in
-    place (an optimizer step or a load bumps its version counter)."""
-    key = (weight.data_ptr(), weight._version)
+def table_rms(weight: Tensor, cache: dict[str, Any]) -> Tensor:
+    """The RMS of ``weight``'s entries (a 0-d tensor on its device: no host sync), kept in
+    ``cache`` until the tensor is changed in place (an optimizer step or a load bumps its
+    version counter)."""
+    key = (weight.data_ptr(), weight._version, weight.device)
     if cache.get("key") != key:
-        cache["key"], cache["rms"] = key, float(weight.detach().float().pow(2).mean().sqrt())
-    return float(cache["rms"])
+        rms = weight.detach().float().pow(2).mean().sqrt().to(weight.dtype)
+        cache["key"], cache["rms"] = key, rms
+    return cast(Tensor, cache["rms"])
 
 
 def adopt_backbone(model: nn.Module, backbone: Backbone) -> None:
@@ -202,7 +204,7 @@ class BuiltinBackbone(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
 
-    def embedding_rms(self) -> float:
+    def embedding_rms(self) -> Tensor:
         return table_rms(self.embed.weight, self.__dict__.setdefault("_rms_cache", {}))
 
     def run(
@@ -269,7 +271,7 @@ class HFBackbone(nn.Module):
         """The measured scale of the model's own token embeddings."""
         return float(self.hf.get_input_embeddings().weight.detach().std())
 
-    def embedding_rms(self) -> float:
+    def embedding_rms(self) -> Tensor:
         weight = self.hf.get_input_embeddings().weight
         return table_rms(weight, self.__dict__.setdefault("_rms_cache", {}))
 

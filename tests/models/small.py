@@ -52,6 +52,10 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "rmt": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4}),
     "rmt_gate": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "write_gate": True}),
+    "rmt_scaled": (
+        "rmt",
+        {**COMMON, "n_layers": 2, "memory_tokens": 4, "memory_scale": "embedding"},
+    ),
     "rmt_hf": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "backbone": "hf"}),
     "armt": ("armt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "d_mem": 4}),
     "armt_bounded": (
