@@ -15,6 +15,8 @@ __all__ = ["distance_table", "markdown"]
 def markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
     cells = results["cells"]
     names = list(dict.fromkeys(key.rsplit(" @ ", 1)[0] for key in cells))
+    wrapped = tuple(f"{m}-SmolLM2" for m in settings.models)
+    names.sort(key=lambda name: not name.startswith(wrapped))  # the memory rows first
     rows = []
     for name in names:
         row = [name]
