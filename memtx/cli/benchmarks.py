@@ -358,6 +358,7 @@ def repro_pretrained(
         str,
         typer.Option(help="Modules LoRA adapts, comma-separated (default: the family's)."),
     ] = "",
+    set_: SetOption = None,
 ) -> None:
     """RMT and ARMT around a pretrained SmolLM2 (memory + LoRA) vs the bare model, on facts
     in noise or a BABILong-style task (length 0 there: the story alone)."""
@@ -385,6 +386,9 @@ def repro_pretrained(
         init_from=init_from,
         in_view_from=in_view_from,
         lora_targets=tuple(name for name in lora_targets.split(",") if name.strip()),
+        overrides=tuple(set_ or ()),
     )
+    for model in settings.models:  # a bad --set fails here, before any training
+        settings.run_config(model)
     path = run_repro(runs=runs, out=out, settings=settings, train_only=train_only, echo=typer.echo)
     typer.echo("trained" if path is None else f"wrote {path}")

@@ -39,6 +39,8 @@ import torch
 from torch import nn
 
 from memtx.config import RunConfig
+from memtx.config.loading import apply_overrides
+from memtx.config.run import SECTIONS
 from memtx.data import load_tokenizer, prepare_data
 from memtx.errors import ConfigError
 from memtx.evaluate import evaluate_haystacks, evaluate_task
@@ -121,6 +123,8 @@ class PretrainedRepro:
             scored reading each length's whole input as one segment (the fine-tuned
             full-attention ceiling, while it fits the model's positions); None: no row.
         seed: training seed.
+        overrides: ``section.key=value`` settings applied to every wrapped model's run
+            config last (e.g. ``model.write_gate=true``), as ``--set`` does for ``memtx train``.
     """
 
     hf_path: str | None = None
@@ -140,6 +144,7 @@ class PretrainedRepro:
     init_from: str | None = None
     in_view_from: str | None = None
     seed: int = 0
+    overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -167,32 +172,31 @@ class PretrainedRepro:
     def run_config(self, model: str) -> RunConfig:
         """The run config of the wrapped ``model`` (``rmt`` or ``armt``)."""
         steps = self.stage_steps * len(self.stages)
-        return RunConfig.from_dict(
-            {
-                "model": {
-                    **MODELS[model],
-                    "backbone": "hf",
-                    "hf_path": self.hf_path or smollm2_path(),
-                    "segment_len": self.segment_len,
-                },
-                "train": {
-                    "steps": steps,
-                    "batch_size": self.batch_size,
-                    "lr": self.lr,
-                    "warmup_steps": min(10, steps),
-                    "trainable": "memory+lora",
-                    "lora_rank": self.lora_rank,
-                    "lora_targets": list(self.lora_targets),
-                    "seed": self.seed,
-                    "log_every": 5,
-                    "checkpoint_every": self.stage_steps,
-                    "keep_checkpoints": 1,
-                    "init_from": self.init_from,
-                },
-                "data": {"corpus": self.corpus, "tokenizer": "hf"},
-                "task": self.task_section(),
-            }
-        )
+        raw = {
+            "model": {
+                **MODELS[model],
+                "backbone": "hf",
+                "hf_path": self.hf_path or smollm2_path(),
+                "segment_len": self.segment_len,
+            },
+            "train": {
+                "steps": steps,
+                "batch_size": self.batch_size,
+                "lr": self.lr,
+                "warmup_steps": min(10, steps),
+                "trainable": "memory+lora",
+                "lora_rank": self.lora_rank,
+                "lora_targets": list(self.lora_targets),
+                "seed": self.seed,
+                "log_every": 5,
+                "checkpoint_every": self.stage_steps,
+                "keep_checkpoints": 1,
+                "init_from": self.init_from,
+            },
+            "data": {"corpus": self.corpus, "tokenizer": "hf"},
+            "task": self.task_section(),
+        }
+        return RunConfig.from_dict(apply_overrides(raw, self.overrides, sections=SECTIONS))
 
 
 def repro_pretrained(

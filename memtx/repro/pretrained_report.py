@@ -122,6 +122,7 @@ def _flags(s: PretrainedRepro) -> str:
         flags.append("--vary-segments")
     if s.models != default.models:
         flags.append(f"--models {','.join(s.models)}")
+    flags += [f"--set {item}" for item in s.overrides]
     if s.lora_targets:
         flags.append(f"--lora-targets {','.join(s.lora_targets)}")
     for name, flag in (("init_from", "--init-from"), ("in_view_from", "--in-view-from")):

@@ -68,6 +68,15 @@ def test_a_babilong_task_is_the_runs_task_and_a_bad_one_is_refused(tmp_path) -> 
     from memtx.repro.pretrained_report import _flags
 
     assert "--lora-targets q_proj,up_proj" in _flags(adapted)
+    gated = PretrainedRepro(hf_path=checkpoint, overrides=("model.write_gate=true",))
+    assert gated.run_config("rmt").model.write_gate  # type: ignore[union-attr]
+    assert "--set model.write_gate=true" in _flags(gated)
+    result = CliRunner().invoke(
+        app,
+        ["repro", "pretrained", "--out", str(tmp_path), "--hf-path", checkpoint]
+        + ["--set", "model.bogus=1"],
+    )
+    assert result.exit_code == 2 and "bogus" in result.output
     facts = PretrainedRepro(hf_path=checkpoint).run_config("armt").task
     assert facts is not None and facts.name == "facts"
     result = CliRunner().invoke(
