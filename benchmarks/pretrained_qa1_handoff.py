@@ -5,7 +5,8 @@ with the input in view scores 0.97. Split by where the supporting fact ends, the
 rows answer every question whose fact is in the question's own segment and few whose
 fact is earlier. This probe trains the first curriculum stage only (2 segments of 128,
 facts hidden in background, 150 steps of batch 2, lr 1e-3, memory + LoRA rank 8), with
-any model/train overrides, and scores 128 held-out 2-segment samples split by distance:
+any model/train overrides, and scores 128 held-out 2-segment samples (background from the test split's documents)
+split by distance:
 
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python benchmarks/pretrained_qa1_handoff.py \\
         train runs/hand-base
@@ -29,11 +30,8 @@ from memtx.bench.common import binned_distances, distance_markdown
 from memtx.config import RunConfig
 from memtx.config.loading import apply_overrides
 from memtx.config.run import SECTIONS
-from memtx.data import load_tokenizer, prepare_data
-from memtx.evaluate import evaluate_haystacks
 from memtx.repro.pretrained import EVAL_SEED, PretrainedRepro
-from memtx.train import load_trained, train
-from memtx.training.sources import TaskSource
+from memtx.train import evaluate_task_run, train
 
 SETTINGS = PretrainedRepro(
     task="qa1",
@@ -59,29 +57,8 @@ def train_probe(out: Path, overrides: list[str]) -> None:
 def score(runs: list[Path]) -> str:
     rows = []
     for run_dir in runs:
-        run, model = load_trained(run_dir, device="cpu")
-        assert run.task is not None
-        tokenizer = load_tokenizer(run_dir)
-        data = prepare_data(run.data, tokenizer=tokenizer)
-        source = TaskSource(
-            run.task,
-            segment_len=run.model.segment_len,
-            rows=1,
-            rank=0,
-            seed=run.train.seed,
-            noise=data.train,
-            eval_noise=data.valid,  # held-out documents
-            tokenizer=tokenizer,
-        )
-        task = source.task(2, held_out=True)
-        result = evaluate_haystacks(
-            model,
-            task,
-            samples=SAMPLES,
-            device="cpu",
-            seed=EVAL_SEED,
-            batch_size=8,
-            by_distance=True,
+        result = evaluate_task_run(
+            run_dir, segments=2, samples=SAMPLES, seed=EVAL_SEED, by_distance=True
         )
         overrides = json.loads((run_dir / "result.json").read_text()).get("overrides", [])
         recipe = " ".join(overrides) or "the repro recipe"

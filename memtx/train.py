@@ -29,7 +29,7 @@ from memtx.checkpoint import load_latest
 from memtx.config import SECTIONS, RunConfig, TrainConfig
 from memtx.data import PreparedData, PretrainedTokenizer, load_tokenizer, no_corpus, prepare_data
 from memtx.errors import ConfigError
-from memtx.evaluate import EvalResult, evaluate_task, evaluate_tokens
+from memtx.evaluate import EvalResult, evaluate_haystacks, evaluate_task, evaluate_tokens
 from memtx.models import SegmentLM, from_config
 from memtx.models.protocol import Memory, memory_from_state, memory_state, select_rows
 from memtx.recurrence import check_strategy, rollout
@@ -406,13 +406,20 @@ def evaluate_run(
 
 
 def evaluate_task_run(
-    run_dir: Path, *, segments: int | None = None, samples: int = 500, seed: int = 12345
+    run_dir: Path,
+    *,
+    segments: int | None = None,
+    samples: int = 500,
+    seed: int = 12345,
+    by_distance: bool = False,
 ) -> dict[str, float]:
     """Answer accuracy of a task run on held-out samples of ``segments`` segments.
 
     Evaluating at more segments than the run was trained on measures how the memory
     generalises to longer inputs (memory use stays that of one segment). A babilong run's
     background comes from held-out documents (the corpus's test split, else valid).
+    ``by_distance`` (babilong runs) also splits the same samples by how many segments
+    back the supporting fact ends (``exact_match_back_<d>``, ``samples_back_<d>``).
     """
     run, model = load_trained(run_dir)
     if run.task is None:
@@ -437,11 +444,21 @@ def evaluate_task_run(
         eval_noise=eval_noise,
         tokenizer=tokenizer,
     )
-    metrics = evaluate_task(
-        model,
-        source.task(segments, held_out=True),
-        samples=samples,
-        device=model.device,
-        seed=seed,
-    )
+    task = source.task(segments, held_out=True)
+    if by_distance and run.task.name != "babilong":
+        raise ConfigError(
+            f"--by-distance is for babilong runs; {run_dir} was trained on {run.task.name!r}"
+        )
+    if by_distance:  # the same samples as evaluate_task's at its batch size
+        metrics = evaluate_haystacks(
+            model,
+            task,
+            samples=samples,
+            device=model.device,
+            seed=seed,
+            batch_size=64,
+            by_distance=True,
+        )
+    else:
+        metrics = evaluate_task(model, task, samples=samples, device=model.device, seed=seed)
     return {"segments": float(segments), **metrics}

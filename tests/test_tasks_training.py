@@ -7,12 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from memtx.cli import app
 from memtx.config import load_run_config
 from memtx.errors import ConfigError
 from memtx.train import load_saved_run, train
 from tests.helpers import bpe_corpus
 
+SPLIT = ("--by-distance", "--json")
 TASK = [
     "model.name=rmt",
     "model.d_model=32",
@@ -190,10 +193,6 @@ def test_task_that_does_not_fit_fails_before_writing(
 
 
 def test_task_run_evaluates_at_longer_lengths_from_the_cli(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from memtx.cli import app
-
     train(
         load_run_config(None, overrides=[*TASK, "train.steps=2"]),
         out_dir=tmp_path / "run",
@@ -219,6 +218,8 @@ def test_task_run_evaluates_at_longer_lengths_from_the_cli(tmp_path: Path) -> No
         assert metrics["segments"] == segments and 0 <= metrics["token_accuracy"] <= 1
     result = runner.invoke(app, ["eval", "--run", str(tmp_path / "run"), "--segments", "0"])
     assert result.exit_code == 2 and "--segments must be >= 1" in result.stderr
+    result = runner.invoke(app, ["eval", "--run", str(tmp_path / "run"), "--by-distance"])
+    assert result.exit_code == 2 and "--by-distance is for babilong runs" in result.stderr
     for extra in (["--split", "test"], ["--max-tokens", "10"], ["--rows", "2"], ["--data", "x"]):
         result = runner.invoke(app, ["eval", "--run", str(tmp_path / "run"), *extra])
         assert result.exit_code == 2, result.output
@@ -383,6 +384,17 @@ def test_babilong_in_bpe_tokens_learns_the_task_words_and_evaluates_from_its_fol
         assert len(tokenizer.encode(word)) == 1, word
     metrics = evaluate_task_run(tmp_path / "run", segments=4, samples=4)
     assert metrics["segments"] == 4.0 and 0.0 <= metrics["exact_match"] <= 1.0
+    # Split by where the fact ends: the same samples, the same figures.
+    split = evaluate_task_run(tmp_path / "run", segments=4, samples=4, by_distance=True)
+    for key in ("loss", "token_accuracy", "exact_match"):
+        assert split[key] == pytest.approx(metrics[key], abs=1e-9)
+    assert sum(v for k, v in split.items() if k.startswith("samples_back_")) == 4
+    shown = CliRunner().invoke(
+        app,
+        ["eval", "--run", str(tmp_path / "run"), "--segments", "4", "--samples", "4", *SPLIT],
+    )
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["exact_match"] == pytest.approx(metrics["exact_match"])
 
 
 def test_a_byte_level_task_refuses_another_tokenizer(tmp_path: Path) -> None:

@@ -85,6 +85,10 @@ def eval_(
         Optional[int], typer.Option(help="Task runs: evaluate at this many segments.")
     ] = None,
     samples: Annotated[int, typer.Option(help="Task runs: held-out samples.")] = 500,
+    by_distance: Annotated[
+        bool,
+        typer.Option(help="BABILong-style runs: also split by how far back the fact ends."),
+    ] = False,
     diagnostic: Annotated[
         str,
         typer.Option(
@@ -111,13 +115,17 @@ def eval_(
         given = [name for name, used in text_only.items() if used]
         if given:
             fail(f"{', '.join(given)}: for text runs; a task run takes --segments and --samples")
-        metrics = evaluate_task_run(run, segments=segments, samples=samples)
+        metrics = evaluate_task_run(
+            run, segments=segments, samples=samples, by_distance=by_distance
+        )
         if as_json:
             typer.echo(json.dumps(metrics))
         else:
             typer.echo("  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         return
 
+    if by_distance:
+        fail("--by-distance: for BABILong-style task runs, not text runs")
     result = evaluate_run(
         run,
         split=split,

@@ -14,6 +14,7 @@ from memtx.repro.pretrained import ASKED, PretrainedRepro, in_view_row, repro_pr
 from tests.pretrained_models import TEXT, needs_peft, save_tiny
 
 pytestmark = needs_peft
+BOGUS = ("--set", "model.bogus=1")
 
 
 def _tiny(tmp_path, *, positions: int | None = None) -> dict:
@@ -73,8 +74,7 @@ def test_a_babilong_task_is_the_runs_task_and_a_bad_one_is_refused(tmp_path) -> 
     assert "--set model.write_gate=true" in _flags(gated)
     result = CliRunner().invoke(
         app,
-        ["repro", "pretrained", "--out", str(tmp_path), "--hf-path", checkpoint]
-        + ["--set", "model.bogus=1"],
+        ["repro", "pretrained", "--out", str(tmp_path), "--hf-path", checkpoint, *BOGUS],
     )
     assert result.exit_code == 2 and "bogus" in result.output
     facts = PretrainedRepro(hf_path=checkpoint).run_config("armt").task
