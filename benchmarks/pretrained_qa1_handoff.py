@@ -5,8 +5,8 @@ with the input in view scores 0.97. Split by where the supporting fact ends, the
 rows answer every question whose fact is in the question's own segment and few whose
 fact is earlier. This probe trains the first curriculum stage only (2 segments of 128,
 facts hidden in background, 150 steps of batch 2, lr 1e-3, memory + LoRA rank 8), with
-any model/train overrides, and scores 128 held-out 2-segment samples (background from the test split's documents)
-split by distance:
+any model/train overrides, and scores 128 held-out 2-segment samples (background from
+the test split's documents) split by distance:
 
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python benchmarks/pretrained_qa1_handoff.py \\
         train runs/hand-base
