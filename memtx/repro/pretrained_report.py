@@ -73,15 +73,13 @@ def markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
                 else "."
             ),
             "",
-            markdown_table(header, rows),
+            markdown_table(header, rows).rstrip("\n"),
             "",
             *by_distance,
             "Training:",
             *trained,
             "",
-            "Speed (streamed, 8 segments, batch 1, no gradient):",
-            *speed,
-            "",
+            *(["Speed (streamed, 8 segments, batch 1, no gradient):", *speed, ""] if speed else []),
         ]
     )
 
@@ -101,7 +99,7 @@ def distance_table(cells: dict[str, Any], names: list[str], settings: Pretrained
         "Memory rows by how many segments back the (earliest) supporting fact ends "
         "(0: in the question's own segment): exact match (samples).",
         "",
-        distance_markdown(rows, first="model, length"),
+        distance_markdown(rows, first="model, length").rstrip("\n"),
         "",
     ]
 
