@@ -118,9 +118,8 @@ def test_evaluate_task_equals_the_hand_written_segment_walk(name: str) -> None:
     assert 0.0 <= metrics["token_accuracy"] <= 1.0 and 0.0 <= metrics["exact_match"] <= 1.0
 
 
-def test_haystacks_streamed_in_chunks_score_as_evaluate_task() -> None:
-    from memtx.evaluate import evaluate_haystacks
-
+def _haystack_model_and_task():
+    """A tiny RMT and 5-segment qa1 haystacks of 64 bytes a segment."""
     torch.manual_seed(0)
     model = memtx.build(
         "rmt", vocab_size=256, d_model=32, n_layers=1, n_heads=2, segment_len=64, memory_tokens=2
@@ -128,6 +127,13 @@ def test_haystacks_streamed_in_chunks_score_as_evaluate_task() -> None:
     text = (b"The quick fox ran. A dog sat down! Was it here? " * 400)[:16000]
     noise = np.frombuffer(text, dtype=np.uint8)
     task = make_task("babilong", segments=5, segment_len=64, seed=0, qa="qa1", noise=noise)
+    return model, task
+
+
+def test_haystacks_streamed_in_chunks_score_as_evaluate_task() -> None:
+    from memtx.evaluate import evaluate_haystacks
+
+    model, task = _haystack_model_and_task()
     whole = evaluate_task(model, task, samples=10, device="cpu", seed=3, batch_size=4)
     for chunk in (1, 2, 64):
         streamed = evaluate_haystacks(
@@ -143,13 +149,7 @@ def test_haystacks_streamed_in_chunks_score_as_evaluate_task() -> None:
 def test_haystacks_by_distance_split_the_same_rows_by_their_facts_segment() -> None:
     from memtx.evaluate import evaluate_haystacks
 
-    torch.manual_seed(0)
-    model = memtx.build(
-        "rmt", vocab_size=256, d_model=32, n_layers=1, n_heads=2, segment_len=64, memory_tokens=2
-    )
-    text = (b"The quick fox ran. A dog sat down! Was it here? " * 400)[:16000]
-    noise = np.frombuffer(text, dtype=np.uint8)
-    task = make_task("babilong", segments=5, segment_len=64, seed=0, qa="qa1", noise=noise)
+    model, task = _haystack_model_and_task()
     kwargs = {"samples": 24, "device": "cpu", "seed": 3, "batch_size": 5}
     plain = evaluate_haystacks(model, task, **kwargs)
     split = evaluate_haystacks(model, task, **kwargs, by_distance=True)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from memtx.bench.common import binned_distances, distance_markdown, markdown_table
 
-if TYPE_CHECKING:
-    from memtx.repro.pretrained import PretrainedRepro
-
 __all__ = ["distance_table", "markdown"]
 
+#: a :class:`memtx.repro.pretrained.PretrainedRepro` (not imported: that module imports this)
+Settings = Any
 
-def markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
+
+def markdown(results: dict[str, Any], settings: Settings) -> str:
     cells = results["cells"]
     names = list(dict.fromkeys(key.rsplit(" @ ", 1)[0] for key in cells))
     wrapped = tuple(f"{m}-SmolLM2" for m in settings.models)
@@ -84,7 +84,7 @@ def markdown(results: dict[str, Any], settings: PretrainedRepro) -> str:
     )
 
 
-def distance_table(cells: dict[str, Any], names: list[str], settings: PretrainedRepro) -> list[str]:
+def distance_table(cells: dict[str, Any], names: list[str], settings: Settings) -> list[str]:
     """The memory models' exact match by how many segments back the supporting fact
     ends (binned), one row per (model, length) read in more than one segment; [] if none."""
     rows = []
@@ -104,11 +104,9 @@ def distance_table(cells: dict[str, Any], names: list[str], settings: Pretrained
     ]
 
 
-def _flags(s: PretrainedRepro) -> str:
+def _flags(s: Settings) -> str:
     """The ``memtx repro pretrained`` options that give ``s`` (those not at their default)."""
-    from memtx.repro.pretrained import PretrainedRepro
-
-    default = PretrainedRepro()
+    default = type(s)()
     flags = [f"--stage-steps {s.stage_steps}", f"--samples {s.eval_samples}"]
     for name, flag in (("task", "--task"), ("batch_size", "--batch-size"), ("lr", "--lr")):
         if getattr(s, name) != getattr(default, name):
