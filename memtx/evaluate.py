@@ -18,7 +18,7 @@ import math
 import resource
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -261,6 +261,7 @@ class RowTask(Protocol):
         ...
 
 
+@runtime_checkable
 class SupportTask(RowTask, Protocol):
     """A :class:`RowTask` that also says where each row's supporting fact ends."""
 
@@ -320,7 +321,7 @@ def evaluate_haystacks(
             raise DataError(f"{name} must be >= 1, got {value}")
     if chunk_segments < 1:
         raise DataError(f"chunk_segments must be >= 1, got {chunk_segments}")
-    if by_distance and not callable(getattr(task, "support_rows", None)):
+    if by_distance and not isinstance(task, SupportTask):
         raise DataError(
             f"by_distance needs a task that says where its facts are (support_rows); "
             f"{type(task).__name__} does not"

@@ -166,8 +166,15 @@ def count_flops(step: Callable[[], object]) -> int:
 
 
 #: segments between the supporting fact's end and the question, binned: (label, first, last)
-DISTANCE_BINS = (("0", 0, 0), ("1", 1, 1), ("2-3", 2, 3), ("4-15", 4, 15), ("16-63", 16, 63))
-DISTANCE_BINS += (("64-255", 64, 255), ("256+", 256, 1 << 62))
+DISTANCE_BINS = (
+    ("0", 0, 0),
+    ("1", 1, 1),
+    ("2-3", 2, 3),
+    ("4-15", 4, 15),
+    ("16-63", 16, 63),
+    ("64-255", 64, 255),
+    ("256+", 256, 1 << 62),
+)
 
 
 def binned_distances(result: dict[str, float]) -> dict[str, list[int]]:

@@ -43,7 +43,7 @@ from memtx.config.loading import apply_overrides
 from memtx.config.run import SECTIONS
 from memtx.data import load_tokenizer, prepare_data
 from memtx.errors import ConfigError
-from memtx.evaluate import evaluate_haystacks, evaluate_task
+from memtx.evaluate import SupportTask, evaluate_haystacks, evaluate_task
 from memtx.models.hf import load_hf_model
 from memtx.models.protocol import SegmentLM
 from memtx.recurrence import stream
@@ -322,7 +322,7 @@ def _scores(model: Any, task: Any, *, samples: int, batch_size: int) -> dict[str
     fact ends (:func:`evaluate_haystacks` draws the same rows: the figures are equal)."""
     kwargs = {"samples": samples, "device": "cpu", "seed": EVAL_SEED, "batch_size": batch_size}
     with torch.no_grad():
-        if isinstance(model, SegmentLM) and callable(getattr(task, "support_rows", None)):
+        if isinstance(model, SegmentLM) and isinstance(task, SupportTask):
             return evaluate_haystacks(model, task, by_distance=True, **kwargs)
         return evaluate_task(model, task, **kwargs)
 

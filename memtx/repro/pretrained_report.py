@@ -13,6 +13,7 @@ Settings = Any
 
 
 def markdown(results: dict[str, Any], settings: Settings) -> str:
+    """``pretrained.md`` from ``pretrained.json``'s ``results`` and the run's settings."""
     cells = results["cells"]
     names = list(dict.fromkeys(key.rsplit(" @ ", 1)[0] for key in cells))
     wrapped = tuple(f"{m}-SmolLM2" for m in settings.models)
