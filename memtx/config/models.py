@@ -34,6 +34,13 @@ class ModelConfig(Checked):
         segment_len: tokens per segment; the unit the memory is carried across.
         dropout: dropout probability on attention outputs, FFN and embeddings.
         d_ff: hidden width of the feed-forward layers (``None``: 4 x ``d_model``).
+        init: ``"gpt2"``: every matrix and embedding N(0, 0.02), GPT-2's, whose width is
+            768; ``"fan_in"``: matrices N(0, 1 / sqrt(3 fan_in)) (PyTorch's default
+            ``nn.Linear`` spread; 0.0208 at 768, 0.072 at 64), embeddings N(0, 0.02).
+            At width 64, GPT-2's 0.02 makes attention start near uniform and slows the
+            heads that bind one token to another (benchmarks/babilong.md, session 16).
+        tie_embeddings: the output head is the token embedding (True), or a matrix of
+            its own (False). Not for a Hugging Face backbone, which has its own head.
     """
 
     name: ClassVar[str] = ""
@@ -46,6 +53,8 @@ class ModelConfig(Checked):
     segment_len: int = 128
     dropout: float = 0.0
     d_ff: int | None = None
+    init: Literal["gpt2", "fan_in"] = "gpt2"
+    tie_embeddings: bool = True
 
     @property
     def ffn_dim(self) -> int:
@@ -71,6 +80,13 @@ class ModelConfig(Checked):
                 f"model.d_model / model.n_heads must be even (rotary positions), "
                 f"got {self.head_dim}"
             )
+        if getattr(self, "backbone", "builtin") == "hf":
+            for name, ours in (("init", "gpt2"), ("tie_embeddings", True)):
+                if getattr(self, name) != ours:
+                    raise ConfigError(
+                        f"model.{name} applies to the builtin backbone only; a Hugging Face "
+                        f"backbone keeps its own weights and head (got {getattr(self, name)!r})"
+                    )
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}

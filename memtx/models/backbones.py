@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from memtx.config import ARMTConfig, ModelConfig, RMTConfig
 from memtx.errors import ConfigError
 from memtx.models.hf import HF_INSTALL_HINT, HF_SIZE_NAMES, hf_size, load_hf_model
-from memtx.models.protocol import init_gpt2_weights
+from memtx.models.protocol import INIT_STD, head_logits, init_weights, output_head
 from memtx.modules import Block, KVCache, RotaryEmbedding
 
 #: ``layer_hook(index, stream [B, T, d]) -> stream``: see the module docstring
@@ -178,12 +178,13 @@ def adopt_backbone(model: nn.Module, backbone: Backbone) -> None:
 
 
 class BuiltinBackbone(nn.Module):
-    """Our pre-LN causal blocks with rotary positions and a tied embedding and head."""
+    """Our pre-LN causal blocks with rotary positions and a token embedding that is also the
+    output head (or a head of its own: ``model.tie_embeddings = false``)."""
 
     supports_cache = True
     absolute_positions = False  # rotary
     max_positions: int | None = None  # rotary positions have no table to run out of
-    init_std = 0.02  # :func:`init_gpt2_weights`'s
+    init_std = INIT_STD  # the embedding's, in either init scheme
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -198,7 +199,8 @@ class BuiltinBackbone(nn.Module):
             Block(config.d_model, config.n_heads, config.ffn_dim, dropout=config.dropout)
             for _ in range(config.n_layers)
         )
-        init_gpt2_weights(self)
+        self.head = output_head(config)
+        init_weights(self, scheme=config.init)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -232,7 +234,8 @@ class BuiltinBackbone(nn.Module):
         if layer_hook is not None:
             x = layer_hook(self.n_layers, x)
         hidden = self.ln_out(x)  # (B, T, d)
-        return BackboneOutput(hidden, hidden[:, logits_at] @ self.embed.weight.t(), grown)
+        logits = head_logits(hidden[:, logits_at], self.embed, self.head)
+        return BackboneOutput(hidden, logits, grown)
 
 
 # --------------------------------------------------------------------------- Hugging Face

@@ -327,8 +327,8 @@ class SegmentLM(nn.Module):
         self.config = config
 
     def init_weights(self) -> None:
-        """GPT-2-style init of every submodule (see :func:`init_gpt2_weights`)."""
-        init_gpt2_weights(self)
+        """Every submodule's init, by ``config.init`` (see :func:`init_weights`)."""
+        init_weights(self, scheme=self.config.init)
 
     def check_tokens(self, tokens: Any) -> None:
         check_tokens(tokens, vocab_size=self.config.vocab_size, segment_len=self.config.segment_len)
@@ -364,33 +364,56 @@ class SegmentLM(nn.Module):
 
 
 class TiedLM(SegmentLM):
-    """A :class:`SegmentLM` with a token embedding tied to its output head (after a LayerNorm)."""
+    """A :class:`SegmentLM` with a token embedding and an output head after a LayerNorm:
+    the embedding itself (``config.tie_embeddings``, the default) or ``head``."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.embed_dropout = nn.Dropout(config.dropout)
         self.ln_out = nn.LayerNorm(config.d_model)
+        self.head = output_head(config)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """[B, L] ids -> [B, L, d]."""
         return self.embed_dropout(self.embed(tokens))
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """[B, L, d] -> [B, L, V] through the final LayerNorm and the tied embedding."""
-        return self.ln_out(hidden) @ self.embed.weight.t()
+        """[B, L, d] -> [B, L, V] through the final LayerNorm and the head."""
+        return head_logits(self.ln_out(hidden), self.embed, self.head)
 
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
 
 
-def init_gpt2_weights(module: nn.Module) -> None:
-    """GPT-2-style init: N(0, 0.02) for matrices and embeddings, zeros for biases."""
+def output_head(config: ModelConfig) -> nn.Linear | None:
+    """The output head of its own [V, d] when ``config.tie_embeddings`` is False, else None
+    (the token embedding is the head)."""
+    if config.tie_embeddings:
+        return None
+    return nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+
+def head_logits(hidden: Tensor, embed: nn.Embedding, head: nn.Linear | None) -> Tensor:
+    """[..., d] normalised hidden states -> [..., V] logits: ``head``, or the tied embedding."""
+    return hidden @ (embed.weight if head is None else head.weight).t()
+
+
+INIT_STD = 0.02  # GPT-2's, for matrices (``"gpt2"``) and embeddings (both schemes)
+
+
+def init_weights(module: nn.Module, *, scheme: str = "gpt2") -> None:
+    """Init every submodule of ``module``: embeddings N(0, 0.02) and biases zero; matrices
+    N(0, 0.02) (``"gpt2"``) or N(0, 1 / sqrt(3 fan_in)) (``"fan_in"``, the spread of
+    PyTorch's default ``nn.Linear`` init, GPT-2's 0.02 at its width of 768)."""
+    if scheme not in ("gpt2", "fan_in"):
+        raise ValueError(f"unknown init scheme {scheme!r} (known: gpt2, fan_in)")
     for part in module.modules():
         if isinstance(part, nn.Linear):
-            nn.init.normal_(part.weight, std=0.02)
+            std = INIT_STD if scheme == "gpt2" else (3 * part.in_features) ** -0.5
+            nn.init.normal_(part.weight, std=std)
             if part.bias is not None:
                 nn.init.zeros_(part.bias)
         elif isinstance(part, nn.Embedding):
-            nn.init.normal_(part.weight, std=0.02)
+            nn.init.normal_(part.weight, std=INIT_STD)

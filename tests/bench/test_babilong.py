@@ -16,6 +16,7 @@ from memtx.bench.babilong import (
     bench_babilong,
     length_label,
     run_config,
+    write_report,
 )
 from memtx.cli import app
 from memtx.errors import ConfigError
@@ -195,3 +196,36 @@ def test_a_bpe_row_is_scored_on_held_out_text_in_its_own_tokens(
     monkeypatch.setattr(memtx.evaluate, "evaluate_haystacks", counted)
     _bench(tmp_path, [0, 256], **kwargs)
     assert calls == [] and md.exists()
+
+
+def _cell(length: int, exact: float) -> dict[str, object]:
+    return {
+        "length": length,
+        "samples": 4,
+        "exact_match": exact,
+        "tokens_per_s": 1.0,
+        "background": "x",
+    }
+
+
+def test_the_qa1_target_is_reported_only_when_qa1_was_measured(tmp_path: Path) -> None:
+    lengths = [0, 65536]
+    cells = {f"armt/{qa}/{n}": _cell(n, 0.5) for qa in ("qa1", "qa4") for n in lengths}
+    payload = {"background": "test text", "cells": cells}
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    with_qa1 = write_report(
+        tmp_path / "a", payload, models=["armt"], tasks=["qa1", "qa4"], lengths=lengths
+    ).read_text()
+    assert (
+        "Against the target" in with_qa1 and "- ARMT at 64K: 0.50 (-0.40 against 0.9)" in with_qa1
+    )
+    without = {k: v for k, v in cells.items() if "/qa4/" in k}
+    text = write_report(
+        tmp_path / "b",
+        {**payload, "cells": without},
+        models=["armt"],
+        tasks=["qa4"],
+        lengths=lengths,
+    ).read_text()
+    assert "| ARMT | qa4 | 0.50 | 0.50 |" in text and "Against the target" not in text

@@ -50,7 +50,16 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
             "context_depth": "layered",
         },
     ),
+    # a head of its own and the width-aware init (builtin backbone and TiedLM paths)
+    "transformer_untied": (
+        "transformer",
+        {**COMMON, "n_layers": 2, "tie_embeddings": False, "init": "fan_in"},
+    ),
     "rmt": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4}),
+    "rmt_untied": (
+        "rmt",
+        {**COMMON, "n_layers": 2, "memory_tokens": 4, "tie_embeddings": False, "init": "fan_in"},
+    ),
     "rmt_gate": ("rmt", {**COMMON, "n_layers": 2, "memory_tokens": 4, "write_gate": True}),
     "rmt_scaled": (
         "rmt",
