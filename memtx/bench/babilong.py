@@ -348,6 +348,24 @@ def bench_babilong(
     )
 
 
+def _samples_line(cells: dict[str, Any], *, tasks: Sequence[str]) -> str:
+    """ "- Samples per length: ..." of the cells, per group of tasks measured alike."""
+    by_task: dict[str, tuple[tuple[int, int], ...]] = {}
+    for qa in tasks:
+        pairs = {(c["length"], c["samples"]) for c in cells.values() if c.get("qa") == qa}
+        if pairs:
+            by_task[qa] = tuple(sorted(pairs))
+    groups: dict[tuple[tuple[int, int], ...], list[str]] = {}
+    for qa, pairs in by_task.items():
+        groups.setdefault(pairs, []).append(qa)
+    parts = [
+        ", ".join(f"{length_label(n)}: {s}" for n, s in pairs)
+        + ("" if len(groups) == 1 else f" ({', '.join(qas)})")
+        for pairs, qas in groups.items()
+    ]
+    return "- Samples per length: " + "; ".join(parts) + "."
+
+
 def write_report(
     out_dir: Path,
     payload: dict[str, Any],
@@ -364,9 +382,11 @@ def write_report(
     for model in models:
         for qa in tasks:
             values = [cells.get(f"{model}/{qa}/{n}", {}).get("exact_match") for n in lengths]
+            if all(v is None for v in values):
+                continue  # a (model, task) not measured: no empty row
             rows.append([MODELS[model][0], qa, *["" if v is None else f"{v:.2f}" for v in values]])
             grid.append([math.nan if v is None else v for v in values])
-    samples = sorted({(c["length"], c["samples"]) for c in cells.values()})
+    samples = _samples_line(cells, tasks=tasks)
     rates = [c["tokens_per_s"] for c in cells.values() if c["length"] >= LONG]
     lines = [
         "# BABILong-style qa tasks from 0 to 1M tokens",
@@ -384,7 +404,7 @@ def write_report(
                 if "; " in c["background"]
             }
         ),
-        "- Samples per length: " + ", ".join(f"{length_label(n)}: {s}" for n, s in samples) + ".",
+        samples,
     ]
     if rates:
         lines.append(

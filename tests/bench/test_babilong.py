@@ -198,19 +198,20 @@ def test_a_bpe_row_is_scored_on_held_out_text_in_its_own_tokens(
     assert calls == [] and md.exists()
 
 
-def _cell(length: int, exact: float) -> dict[str, object]:
+def _cell(qa: str, length: int, exact: float) -> dict[str, object]:
     return {
         "length": length,
         "samples": 4,
         "exact_match": exact,
         "tokens_per_s": 1.0,
         "background": "x",
+        "qa": qa,
     }
 
 
-def test_the_qa1_target_is_reported_only_when_qa1_was_measured(tmp_path: Path) -> None:
+def test_the_report_holds_only_what_was_measured(tmp_path: Path) -> None:
     lengths = [0, 65536]
-    cells = {f"armt/{qa}/{n}": _cell(n, 0.5) for qa in ("qa1", "qa4") for n in lengths}
+    cells = {f"armt/{qa}/{n}": _cell(qa, n, 0.5) for qa in ("qa1", "qa4") for n in lengths}
     payload = {"background": "test text", "cells": cells}
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
@@ -225,7 +226,9 @@ def test_the_qa1_target_is_reported_only_when_qa1_was_measured(tmp_path: Path) -
         tmp_path / "b",
         {**payload, "cells": without},
         models=["armt"],
-        tasks=["qa4"],
+        tasks=["qa1", "qa4"],
         lengths=lengths,
     ).read_text()
     assert "| ARMT | qa4 | 0.50 | 0.50 |" in text and "Against the target" not in text
+    assert "| ARMT | qa1 |" not in text  # a task with no cell has no empty row
+    assert "- Samples per length: 0: 4, 64K: 4." in text
