@@ -74,6 +74,9 @@ VARIANTS: dict[str, Variant] = {
     "two-facts-small-linear": Variant(facts=(2,), linear_std=0.02),
     "two-facts-small-embed": Variant(facts=(2,), embed_std=0.02),
     "two-facts-small-embed-fan-in": Variant(facts=(2,), embed_std=0.02, linear_std="fan_in"),
+    "two-facts-small-embed-fan-in-padded": Variant(
+        facts=(2,), embed_std=0.02, linear_std="fan_in", pad_to=64
+    ),
     "two-facts-memtx-fan-in-tied": Variant(
         facts=(2,), embed_std=0.02, linear_std="fan_in", tied=True
     ),
