@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from memtx.data.tasks.babi import MOVES, PEOPLE, PLACES, make_story
 
-WORDS = sorted({*PEOPLE, *PLACES, *MOVES, "to", "the", ".", "Where", "is", "?", "<pad>"})
+NOISE = [f"n{i}" for i in range(200)]  # background words: Shakespeare's text stood in for
+WORDS = sorted({*PEOPLE, *PLACES, *MOVES, "to", "the", ".", "Where", "is", "?", "<pad>", *NOISE})
 ID = {word: i for i, word in enumerate(WORDS)}
 #: "Mary garden . John kitchen . Mary ?": the words between a person and a place dropped
 FILLER = frozenset({"to", "the", "Where", "is", *MOVES})
@@ -55,6 +56,8 @@ class Variant:
     tied: bool = False  # the head is the embedding (memtx's)
     qkv_bias: bool = True  # memtx's attention has no biases
     pad_to: int = 0  # left-pad every story to this many tokens (memtx: the segment, 64)
+    noise_to: int = 0  # hide the facts, in order, among random NOISE words to this many
+    # tokens (memtx's rows with background), the question last
     memtx: dict[str, object] | None = None  # memtx's transformer with these config fields
     seed: int = 0
 
@@ -90,6 +93,22 @@ VARIANTS: dict[str, Variant] = {
     "two-facts-memtx-untied-fan-in": Variant(
         facts=(2,), pad_to=64, memtx={"tie_embeddings": False, "init": "fan_in"}
     ),
+    "two-facts-memtx-untied-fan-in-embed-1": Variant(
+        facts=(2,), pad_to=64, embed_std=1.0, memtx={"tie_embeddings": False, "init": "fan_in"}
+    ),
+    "two-facts-memtx-untied-fan-in-unpadded": Variant(
+        facts=(2,), pad_to=0, memtx={"tie_embeddings": False, "init": "fan_in"}
+    ),
+    "two-facts-noise": Variant(facts=(2,), noise_to=64),
+    "two-facts-noise-fan-in-untied": Variant(
+        facts=(2,), noise_to=64, embed_std=0.02, linear_std="fan_in"
+    ),
+    "two-facts-noise-memtx-embed-1": Variant(
+        facts=(2,), noise_to=64, embed_std=1.0, memtx={"tie_embeddings": False, "init": "fan_in"}
+    ),
+    "two-facts-noise-memtx": Variant(
+        facts=(2,), noise_to=64, memtx={"tie_embeddings": False, "init": "fan_in"}
+    ),
     "short-two-facts": Variant(short=True, facts=(2,)),
     "short-curriculum-2-4": Variant(short=True, facts=(2, 4), steps=6000),
     "short-curriculum-2-3-4": Variant(short=True, facts=(2, 3, 4), steps=6000),
@@ -103,15 +122,22 @@ def encode(text: str, *, short: bool) -> list[int]:
 
 
 def stories(
-    n: int, rng: random.Random, *, facts: int, short: bool, pad_to: int = 0
+    n: int, rng: random.Random, *, facts: int, short: bool, pad_to: int = 0, noise_to: int = 0
 ) -> tuple[Tensor, Tensor]:
     """``n`` stories left-padded to one length [n, T] (the question's "?" last) and their
     answers [n]."""
     rows, answers = [], []
     for _ in range(n):
         story = make_story("qa1", facts, rng)
-        text = " ".join((*story.facts, story.question))
-        rows.append(encode(text, short=short))
+        sentences = [encode(fact, short=short) for fact in story.facts]
+        question = encode(story.question, short=short)
+        free = noise_to - sum(map(len, sentences)) - len(question)
+        if free > 0:  # the noise split into len(facts) + 1 runs around the facts
+            cuts = sorted(rng.randint(0, free) for _ in sentences)
+            runs = [b - a for a, b in zip([0, *cuts], [*cuts, free])]
+            noise = [[ID[rng.choice(NOISE)] for _ in range(k)] for k in runs]
+            sentences = [w for pair in zip(noise, sentences) for w in pair] + [noise[-1]]
+        rows.append([w for sentence in sentences for w in sentence] + question)
         answers.append(ID[story.answer])
     length = max(pad_to, *map(len, rows))
     tokens = torch.full((n, length), ID["<pad>"])
@@ -191,8 +217,14 @@ class MemtxReader(nn.Module):
 
         sizes = {"d_model": v.d_model, "n_layers": v.n_layers, "n_heads": v.n_heads}
         self.lm = memtx.models.build(
-            "transformer", vocab_size=len(WORDS), segment_len=v.pad_to, **sizes, **(v.memtx or {})
+            "transformer",
+            vocab_size=len(WORDS),
+            segment_len=max(v.pad_to, v.noise_to) or MAX_LEN,
+            **sizes,
+            **(v.memtx or {}),
         )
+        if v.embed_std is not None:  # memtx's embeddings at another spread than its 0.02
+            nn.init.normal_(self.lm.embed.weight, std=v.embed_std)
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.lm.step(tokens, self.lm.init_memory(tokens.shape[0])).logits[:, -1]
@@ -212,7 +244,7 @@ def run(name: str, v: Variant) -> list[float]:
         return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * cosine)
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    shape = {"short": v.short, "pad_to": v.pad_to}
+    shape = {"short": v.short, "pad_to": v.pad_to, "noise_to": v.noise_to}
     held_out = stories(1000, random.Random(12345), facts=v.facts[-1], **shape)
     start, curve = time.perf_counter(), []
     for step in range(v.steps):

@@ -41,6 +41,11 @@ class ModelConfig(Checked):
             heads that bind one token to another (benchmarks/babilong.md, session 16).
         tie_embeddings: the output head is the token embedding (True), or a matrix of
             its own (False). Not for a Hugging Face backbone, which has its own head.
+        embed_std: the spread of the token embedding (and of RMT's and ARMT's memory
+            tokens) at init, N(0, embed_std); GPT-2's 0.02 by default. With pre-LN blocks
+            a token's own embedding is all that tells the blocks which token it is, and
+            at 0.02 the first block's output drowns it; PyTorch's ``nn.Embedding`` uses 1.
+            Keep 0.02 with a tied head (the logits' spread grows with it).
     """
 
     name: ClassVar[str] = ""
@@ -55,6 +60,7 @@ class ModelConfig(Checked):
     d_ff: int | None = None
     init: Literal["gpt2", "fan_in"] = "gpt2"
     tie_embeddings: bool = True
+    embed_std: float = 0.02
 
     @property
     def ffn_dim(self) -> int:
@@ -70,6 +76,8 @@ class ModelConfig(Checked):
         if self.d_ff is not None:
             self._at_least("d_ff", 1)
         self._in_range("dropout", 0.0, 1.0)
+        if not self.embed_std > 0:
+            raise ConfigError(f"model.embed_std must be > 0, got {self.embed_std}")
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads "
@@ -81,7 +89,7 @@ class ModelConfig(Checked):
                 f"got {self.head_dim}"
             )
         if getattr(self, "backbone", "builtin") == "hf":
-            for name, ours in (("init", "gpt2"), ("tie_embeddings", True)):
+            for name, ours in (("init", "gpt2"), ("tie_embeddings", True), ("embed_std", 0.02)):
                 if getattr(self, name) != ours:
                     raise ConfigError(
                         f"model.{name} applies to the builtin backbone only; a Hugging Face "

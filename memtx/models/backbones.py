@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from memtx.config import ARMTConfig, ModelConfig, RMTConfig
 from memtx.errors import ConfigError
 from memtx.models.hf import HF_INSTALL_HINT, HF_SIZE_NAMES, hf_size, load_hf_model
-from memtx.models.protocol import INIT_STD, head_logits, init_weights, output_head
+from memtx.models.protocol import head_logits, init_weights, output_head
 from memtx.modules import Block, KVCache, RotaryEmbedding
 
 #: ``layer_hook(index, stream [B, T, d]) -> stream``: see the module docstring
@@ -184,11 +184,11 @@ class BuiltinBackbone(nn.Module):
     supports_cache = True
     absolute_positions = False  # rotary
     max_positions: int | None = None  # rotary positions have no table to run out of
-    init_std = INIT_STD  # the embedding's, in either init scheme
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.width, self.n_layers = config.d_model, config.n_layers
+        self.init_std = config.embed_std  # the embedding's, in either init scheme
         # ``embed`` (the protocol's ``embed(ids)``) is the embedding module itself, under the
         # checkpoints' name; the creation order is RMT's parameter (and optimizer) order.
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
@@ -200,7 +200,7 @@ class BuiltinBackbone(nn.Module):
             for _ in range(config.n_layers)
         )
         self.head = output_head(config)
-        init_weights(self, scheme=config.init)
+        init_weights(self, scheme=config.init, embed_std=config.embed_std)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -328,7 +328,7 @@ class SegmentLM(nn.Module):
 
     def init_weights(self) -> None:
         """Every submodule's init, by ``config.init`` (see :func:`init_weights`)."""
-        init_weights(self, scheme=self.config.init)
+        init_weights(self, scheme=self.config.init, embed_std=self.config.embed_std)
 
     def check_tokens(self, tokens: Any) -> None:
         check_tokens(tokens, vocab_size=self.config.vocab_size, segment_len=self.config.segment_len)
@@ -403,10 +403,10 @@ def head_logits(hidden: Tensor, embed: nn.Embedding, head: nn.Linear | None) -> 
 INIT_STD = 0.02  # GPT-2's, for matrices (``"gpt2"``) and embeddings (both schemes)
 
 
-def init_weights(module: nn.Module, *, scheme: str = "gpt2") -> None:
-    """Init every submodule of ``module``: embeddings N(0, 0.02) and biases zero; matrices
-    N(0, 0.02) (``"gpt2"``) or N(0, 1 / sqrt(3 fan_in)) (``"fan_in"``, the spread of
-    PyTorch's default ``nn.Linear`` init, GPT-2's 0.02 at its width of 768)."""
+def init_weights(module: nn.Module, *, scheme: str = "gpt2", embed_std: float = INIT_STD) -> None:
+    """Init every submodule of ``module``: embeddings N(0, embed_std) and biases zero;
+    matrices N(0, 0.02) (``"gpt2"``) or N(0, 1 / sqrt(3 fan_in)) (``"fan_in"``, the spread
+    of PyTorch's default ``nn.Linear`` init, GPT-2's 0.02 at its width of 768)."""
     if scheme not in ("gpt2", "fan_in"):
         raise ValueError(f"unknown init scheme {scheme!r} (known: gpt2, fan_in)")
     for part in module.modules():
@@ -416,4 +416,4 @@ def init_weights(module: nn.Module, *, scheme: str = "gpt2") -> None:
             if part.bias is not None:
                 nn.init.zeros_(part.bias)
         elif isinstance(part, nn.Embedding):
-            nn.init.normal_(part.weight, std=INIT_STD)
+            nn.init.normal_(part.weight, std=embed_std)

@@ -65,6 +65,26 @@ def test_the_model_config_picks_the_init_scheme() -> None:
     assert gpt2.get_parameter(name).std().item() == pytest.approx(0.02, rel=0.1)
 
 
+@pytest.mark.parametrize("name", list(BUILT))
+def test_embed_std_spreads_the_token_embedding_and_the_memory_tokens(name: str) -> None:
+    torch.manual_seed(0)
+    sizes = {**COMMON, "vocab_size": 512, "d_model": 64}
+    model = memtx.models.build(name, **sizes, **BUILT[name], embed_std=1.0, tie_embeddings=False)
+    assert model.get_parameter("embed.weight").std().item() == pytest.approx(1.0, rel=0.05)
+    default = memtx.models.build(name, **sizes, **BUILT[name])
+    assert default.get_parameter("embed.weight").std().item() == pytest.approx(0.02, rel=0.05)
+    memory = {"rmt": "initial_memory", "armt": "memory_embedding"}.get(name)
+    if memory is not None:  # RMT's and ARMT's memory tokens live in the embedding space
+        assert model.get_parameter(memory).std().item() == pytest.approx(1.0, rel=0.35)
+        assert default.get_parameter(memory).std().item() == pytest.approx(0.02, rel=0.35)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1])
+def test_a_non_positive_embed_std_is_a_config_error(value: float) -> None:
+    with pytest.raises(ConfigError, match="model.embed_std must be > 0"):
+        memtx.models.build("transformer", **COMMON, n_layers=1, embed_std=value)
+
+
 def test_an_unknown_init_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="init"):
         memtx.models.build("transformer", **COMMON, n_layers=1, init="xavier")
@@ -73,7 +93,9 @@ def test_an_unknown_init_scheme_is_a_config_error() -> None:
 
 
 @pytest.mark.skipif(not HAS_TRANSFORMERS, reason="needs transformers")
-@pytest.mark.parametrize(("field", "value"), [("tie_embeddings", False), ("init", "fan_in")])
+@pytest.mark.parametrize(
+    ("field", "value"), [("tie_embeddings", False), ("init", "fan_in"), ("embed_std", 1.0)]
+)
 def test_a_hugging_face_backbone_refuses_our_head_and_init_options(
     field: str, value: object
 ) -> None:
