@@ -168,6 +168,15 @@ def test_task_run_resumes_exactly(tmp_path: Path) -> None:
         ("task.name=babilong\ntask.fact_stages=[0, 2, 4]", "story fact counts >= 1"),
         ("task.name=babilong\ntask.fact_stages=[1, 2]", "must have the same length"),
         ("task.fact_stages=[1, 2, 4]", "babilong only"),
+        ("task.background_stages=[false, true]", "background_stages applies to babilong only"),
+        (
+            "task.name=babilong\ntask.background_stages=[1, 2]",
+            r"background_stages must be tuple\[bool",
+        ),
+        (
+            "task.name=babilong\ntask.stages=[1, 1, 1]\ntask.background_stages=[false, true]",
+            "must have the same length",
+        ),
         ("task.advance_on=loss", "task.advance_on must be"),
     ],
 )
@@ -361,6 +370,29 @@ def test_fact_stages_grow_the_story_and_babilong_advances_on_exact_match(shakesp
             )
     assert source.task(4).story_facts == 4  # evaluation: the last stage's story
     assert load_run_config(None, overrides=TASK).task.advance_metric == "token_accuracy"
+
+
+def test_background_stages_show_the_story_alone_then_hide_it_in_text(shakespeare) -> None:
+    from memtx.training.sources import TaskSource
+
+    overrides = [
+        *BABILONG,
+        "task.segments=4",
+        "task.stages=[4, 4]",
+        "task.background_stages=[false, true]",
+    ]
+    cfg = load_run_config(None, overrides=overrides).task
+    assert cfg is not None
+    source = TaskSource(cfg, segment_len=64, rows=8, rank=0, seed=0, noise=shakespeare.train)
+
+    def left_padded() -> list[bool]:  # a row that starts with the pad is the story alone
+        return [bytes(row[:8].tolist()) == b" " * 8 for row in source.next_batch().inputs]
+
+    assert left_padded() == [True] * 8
+    message = source.after_validation({"exact_match": 1.0})
+    assert message == "curriculum stage 1: 4 segments, background (exact match 1.000)"
+    assert left_padded() == [False] * 8  # the same stories among Shakespeare's lines
+    assert source.task(4).background  # evaluation: the last stage's haystack
 
 
 def test_babilong_in_bpe_tokens_learns_the_task_words_and_evaluates_from_its_folder(

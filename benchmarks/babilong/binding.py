@@ -58,6 +58,8 @@ class Variant:
     pad_to: int = 0  # left-pad every story to this many tokens (memtx: the segment, 64)
     noise_to: int = 0  # hide the facts, in order, among random NOISE words to this many
     # tokens (memtx's rows with background), the question last
+    noise_stages: tuple[int, ...] = ()  # noise_to per stage, paired with ``facts`` (a clean
+    # story first, then hidden): overrides noise_to
     memtx: dict[str, object] | None = None  # memtx's transformer with these config fields
     seed: int = 0
 
@@ -108,6 +110,23 @@ VARIANTS: dict[str, Variant] = {
     ),
     "two-facts-noise-memtx": Variant(
         facts=(2,), noise_to=64, memtx={"tie_embeddings": False, "init": "fan_in"}
+    ),
+    "two-facts-noise-long": Variant(facts=(2,), noise_to=64, steps=6000),
+    "two-facts-clean-then-noise": Variant(facts=(2, 2), noise_stages=(0, 64), steps=6000),
+    "two-facts-clean-then-noise-memtx": Variant(
+        facts=(2, 2),
+        noise_stages=(0, 64),
+        steps=6000,
+        embed_std=1.0,
+        memtx={"tie_embeddings": False, "init": "fan_in"},
+    ),
+    "two-facts-padded-then-noise-memtx": Variant(
+        facts=(2, 2),
+        noise_stages=(0, 64),
+        pad_to=64,
+        steps=6000,
+        embed_std=1.0,
+        memtx={"tie_embeddings": False, "init": "fan_in"},
     ),
     "short-two-facts": Variant(short=True, facts=(2,)),
     "short-curriculum-2-4": Variant(short=True, facts=(2, 4), steps=6000),
@@ -219,7 +238,7 @@ class MemtxReader(nn.Module):
         self.lm = memtx.models.build(
             "transformer",
             vocab_size=len(WORDS),
-            segment_len=max(v.pad_to, v.noise_to) or MAX_LEN,
+            segment_len=max(v.pad_to, v.noise_to, *v.noise_stages) or MAX_LEN,
             **sizes,
             **(v.memtx or {}),
         )
@@ -244,12 +263,15 @@ def run(name: str, v: Variant) -> list[float]:
         return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * cosine)
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    shape = {"short": v.short, "pad_to": v.pad_to, "noise_to": v.noise_to}
-    held_out = stories(1000, random.Random(12345), facts=v.facts[-1], **shape)
+    noise = v.noise_stages or (v.noise_to,) * len(v.facts)
+    shape = {"short": v.short, "pad_to": v.pad_to}
+    held_out = stories(1000, random.Random(12345), facts=v.facts[-1], noise_to=noise[-1], **shape)
     start, curve = time.perf_counter(), []
     for step in range(v.steps):
-        facts = v.facts[step * len(v.facts) // v.steps]
-        tokens, answers = stories(v.batch_size, rng, facts=facts, **shape)
+        stage = step * len(v.facts) // v.steps
+        tokens, answers = stories(
+            v.batch_size, rng, facts=v.facts[stage], noise_to=noise[stage], **shape
+        )
         loss = F.cross_entropy(model(tokens), answers)
         optimizer.zero_grad()
         loss.backward()

@@ -162,6 +162,11 @@ class TaskConfig(Checked):
             one fact teaches where the answer is; more facts, which fact answers): the
             story-size curriculum. Pairs with ``stages`` as ``source_stages`` does. Empty:
             ``story_facts`` throughout.
+        background_stages: babilong ``background`` for each stage, e.g. ``[false, true]``:
+            the story alone first (a small model learns which place goes with the person
+            asked about far sooner without text around it), then hidden in background.
+            Pairs with ``stages`` as ``source_stages`` does. Empty: ``background``
+            throughout.
         stage_steps: at most this many steps per stage.
         vary_segments: each training batch draws its number of segments uniformly from
             the first stage's .. the current stage's (the first stage's is the shortest
@@ -200,6 +205,7 @@ class TaskConfig(Checked):
     stages: tuple[int, ...] = ()
     source_stages: tuple[int, ...] = ()
     fact_stages: tuple[int, ...] = ()
+    background_stages: tuple[bool, ...] = ()
     stage_steps: int = 1000
     vary_segments: bool = False
     advance_at: float = 0.97
@@ -248,9 +254,10 @@ class TaskConfig(Checked):
             raise ConfigError(
                 f"task.source_stages applies to copy and reverse only, not {self.name!r}"
             )
-        if self.fact_stages and self.name != "babilong":
-            raise ConfigError(f"task.fact_stages applies to babilong only, not {self.name!r}")
-        for name in ("source_stages", "fact_stages"):
+        for name in ("fact_stages", "background_stages"):
+            if getattr(self, name) and self.name != "babilong":
+                raise ConfigError(f"task.{name} applies to babilong only, not {self.name!r}")
+        for name in ("source_stages", "fact_stages", "background_stages"):
             other = getattr(self, name)
             if self.stages and other and len(self.stages) != len(other):
                 raise ConfigError(
@@ -265,7 +272,8 @@ class TaskConfig(Checked):
 
     @property
     def num_stages(self) -> int:
-        return max(len(self.stages), len(self.source_stages), len(self.fact_stages), 1)
+        lists = (self.stages, self.source_stages, self.fact_stages, self.background_stages)
+        return max(*map(len, lists), 1)
 
     @property
     def stage_segments(self) -> tuple[int, ...]:
@@ -280,6 +288,11 @@ class TaskConfig(Checked):
     def stage_facts(self) -> tuple[int, ...]:
         """babilong story facts per stage (0: the task's default)."""
         return self.fact_stages or (self.story_facts,) * self.num_stages
+
+    @property
+    def stage_background(self) -> tuple[bool, ...]:
+        """babilong background (True: the story hidden in text) per stage."""
+        return self.background_stages or (self.background,) * self.num_stages
 
     @property
     def advance_metric(self) -> str:
@@ -301,7 +314,8 @@ class TaskConfig(Checked):
             return {"pairs": self.pairs}
         if self.name == "babilong":
             facts = self.stage_facts[stage]
-            return {"qa": self.qa, "story_facts": facts, "background": self.background}
+            background = self.stage_background[stage]
+            return {"qa": self.qa, "story_facts": facts, "background": background}
         return {"num_facts": self.num_facts, "value_len": self.value_len}
 
 

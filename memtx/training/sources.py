@@ -8,7 +8,8 @@ when the memory must start fresh, validates a model, and (for tasks) runs the cu
 - :class:`TaskSource`: each step samples fresh task sequences; every sample starts with a
   fresh memory and the rollout covers all its segments. A curriculum moves through
   ``task.stages`` (segments per sample), ``task.source_stages`` (copy/reverse source
-  length) and/or ``task.fact_stages`` (babilong story facts), a stage ending when the
+  length), ``task.fact_stages`` (babilong story facts) and/or ``task.background_stages``
+  (babilong: the story alone, or hidden in text), a stage ending when the
   held-out answer accuracy (``task.advance_on``) reaches ``task.advance_at`` or after
   ``task.stage_steps`` steps. Tasks that hide facts in real text (facts, babilong) take
   their background from ``noise`` (the train split); validation reads ``eval_noise``
@@ -195,6 +196,8 @@ class TaskSource:
             metrics["source_len"] = float(self.cfg.stage_sources[self.stage])
         if self.cfg.fact_stages:
             metrics["story_facts"] = float(self.cfg.stage_facts[self.stage])
+        if self.cfg.background_stages:
+            metrics["background"] = float(self.cfg.stage_background[self.stage])
         return metrics
 
     def learning_rate(self, scheduled: float) -> float:
@@ -230,6 +233,8 @@ class TaskSource:
             where += f", source {self.cfg.stage_sources[self.stage]}"
         if self.cfg.fact_stages:
             where += f", {self.cfg.stage_facts[self.stage]} story facts"
+        if self.cfg.background_stages:
+            where += ", background" if self.cfg.stage_background[self.stage] else ", no background"
         return f"curriculum stage {self.stage}: {where} ({reason})"
 
     @property

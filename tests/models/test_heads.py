@@ -81,7 +81,7 @@ def test_embed_std_spreads_the_token_embedding_and_the_memory_tokens(name: str) 
 
 @pytest.mark.parametrize("value", [0.0, -0.1])
 def test_a_non_positive_embed_std_is_a_config_error(value: float) -> None:
-    with pytest.raises(ConfigError, match="model.embed_std must be > 0"):
+    with pytest.raises(ConfigError, match=r"model\.embed_std must be > 0"):
         memtx.models.build("transformer", **COMMON, n_layers=1, embed_std=value)
 
 
