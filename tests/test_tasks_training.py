@@ -175,7 +175,12 @@ def test_task_run_resumes_exactly(tmp_path: Path) -> None:
         ),
         (
             "task.name=babilong\ntask.stages=[1, 1, 1]\ntask.background_stages=[false, true]",
-            "must have the same length",
+            r"task.stages \(3 stages\) and task.background_stages \(2\) must have the same",
+        ),
+        (
+            "task.name=babilong\ntask.stages=[]\ntask.fact_stages=[2, 4]\n"
+            "task.background_stages=[false, true, true]",
+            r"task.fact_stages \(2 stages\) and task.background_stages \(3\) must have",
         ),
         ("task.advance_on=loss", "task.advance_on must be"),
     ],

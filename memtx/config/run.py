@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -257,12 +258,15 @@ class TaskConfig(Checked):
         for name in ("fact_stages", "background_stages"):
             if getattr(self, name) and self.name != "babilong":
                 raise ConfigError(f"task.{name} applies to babilong only, not {self.name!r}")
-        for name in ("source_stages", "fact_stages", "background_stages"):
-            other = getattr(self, name)
-            if self.stages and other and len(self.stages) != len(other):
+        given = [
+            (name, len(getattr(self, name)))
+            for name in ("stages", "source_stages", "fact_stages", "background_stages")
+            if getattr(self, name)
+        ]
+        for (first, n), (name, m) in itertools.pairwise(given):
+            if n != m:  # every stage list pairs up with the others, stage by stage
                 raise ConfigError(
-                    f"task.stages ({len(self.stages)} stages) and task.{name} "
-                    f"({len(other)}) must have the same length"
+                    f"task.{first} ({n} stages) and task.{name} ({m}) must have the same length"
                 )
 
     @property
