@@ -400,6 +400,34 @@ def test_background_stages_show_the_story_alone_then_hide_it_in_text(shakespeare
     assert source.task(4).background  # evaluation: the last stage's haystack
 
 
+def test_a_bare_story_padded_to_its_longest_story_ends_in_a_partial_segment_and_trains(
+    shakespeare, tmp_path: Path
+) -> None:
+    from memtx.training.sources import TaskSource
+
+    overrides = [
+        *BABILONG,
+        "task.stages=[2, 2]",
+        "task.background_stages=[false, true]",
+        "task.story_padding=longest",
+        "task.stage_steps=3",
+        "train.steps=6",
+        "train.eval_every=2",
+        "task.eval_samples=8",
+    ]
+    run = load_run_config(None, overrides=overrides)
+    assert run.task is not None
+    source = TaskSource(run.task, segment_len=64, rows=4, rank=0, seed=0, noise=shakespeare.train)
+    bare = source.next_batch().inputs
+    assert 64 < bare.shape[1] < 2 * 64  # 2 facts and the question: 1.4 segments of bytes
+    source.after_validation({"exact_match": 1.0})
+    assert source.next_batch().inputs.shape[1] == 2 * 64  # hidden in its 2 segments
+    train(run, out_dir=tmp_path / "run", progress=False)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    valid = [m for m in metrics if m.get("split") == "valid"]
+    assert [m["background"] for m in valid] == [0.0, 1.0, 1.0]  # steps 2, 4 and 6
+
+
 def test_babilong_in_bpe_tokens_learns_the_task_words_and_evaluates_from_its_folder(
     tmp_path: Path,
 ) -> None:

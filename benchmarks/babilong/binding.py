@@ -128,6 +128,13 @@ VARIANTS: dict[str, Variant] = {
         embed_std=1.0,
         memtx={"tie_embeddings": False, "init": "fan_in"},
     ),
+    "clean-then-noise-2-3-4-memtx": Variant(
+        facts=(2, 2, 3, 4),
+        noise_stages=(0, 64, 64, 64),
+        steps=8000,
+        embed_std=1.0,
+        memtx={"tie_embeddings": False, "init": "fan_in"},
+    ),
     "short-two-facts": Variant(short=True, facts=(2,)),
     "short-curriculum-2-4": Variant(short=True, facts=(2, 4), steps=6000),
     "short-curriculum-2-3-4": Variant(short=True, facts=(2, 3, 4), steps=6000),

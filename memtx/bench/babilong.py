@@ -242,7 +242,7 @@ def bench_babilong(
                 "babilong",
                 segments=segments,
                 segment_len=segment_len,
-                **{**run.task.task_params(), "background": False},
+                **{**run.task.task_params(), "background": False, "story_padding": "row"},
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "babilong.json"
@@ -301,6 +301,7 @@ def bench_babilong(
                 params: dict[str, Any] = {
                     **run.task.task_params(),
                     "background": hidden,
+                    "story_padding": "row",  # length 0: the story alone in its segments
                     "tokenizer": tokenizer,
                 }
                 if hidden:

@@ -196,6 +196,9 @@ class TaskConfig(Checked):
         story_facts: babilong facts per story, supporting and distractors (0: the task's
             default: 4, 8, 10, 2, 8 for qa1..qa5).
         background: babilong: False hides nothing, the story alone (BABILong's length 0).
+        story_padding: babilong without background: ``"row"`` left-pads the story to its
+            segments, ``"longest"`` only to the longest story of the task (a shorter row,
+            fewer pads to dilute the attention of a reader that is learning to bind).
     """
 
     section: ClassVar[str] = "task"
@@ -223,6 +226,7 @@ class TaskConfig(Checked):
     qa: Literal["qa1", "qa2", "qa3", "qa4", "qa5"] = "qa1"
     story_facts: int = 0
     background: bool = True
+    story_padding: Literal["row", "longest"] = "row"
 
     def _validate(self) -> None:
         for name in (
@@ -319,7 +323,12 @@ class TaskConfig(Checked):
         if self.name == "babilong":
             facts = self.stage_facts[stage]
             background = self.stage_background[stage]
-            return {"qa": self.qa, "story_facts": facts, "background": background}
+            return {
+                "qa": self.qa,
+                "story_facts": facts,
+                "background": background,
+                "story_padding": self.story_padding,
+            }
         return {"num_facts": self.num_facts, "value_len": self.value_len}
 
 

@@ -400,7 +400,7 @@ def head_logits(hidden: Tensor, embed: nn.Embedding, head: nn.Linear | None) -> 
     return hidden @ (embed.weight if head is None else head.weight).t()
 
 
-INIT_STD = 0.02  # GPT-2's, for matrices (``"gpt2"``) and embeddings (both schemes)
+INIT_STD = 0.02  # GPT-2's: matrices under ``"gpt2"``, and embeddings unless ``embed_std`` says
 
 
 def init_weights(module: nn.Module, *, scheme: str = "gpt2", embed_std: float = INIT_STD) -> None:

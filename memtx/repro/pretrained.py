@@ -357,7 +357,7 @@ def _story_alone(source: TaskSource, settings: PretrainedRepro) -> Any:
     """The qa task's story without background (length 0), in the first stage's segments."""
     from memtx.data.tasks import make_task
 
-    params = {**source.cfg.task_params(), "background": False}
+    params = {**source.cfg.task_params(), "background": False, "story_padding": "row"}
     return make_task(
         "babilong",
         segments=settings.stages[0],

@@ -205,6 +205,24 @@ def test_no_background_is_the_story_alone_padded_to_the_row() -> None:
     assert solve(facts, question.rsplit(". ", 1)[1] + "?") == answer
 
 
+def test_story_padding_longest_pads_the_story_alone_only_to_the_longest_story() -> None:
+    kwargs = {"segments": 4, "segment_len": SEGMENT_LEN, "qa": "qa1", "background": False}
+    task = make_task("babilong", **kwargs, story_facts=2, story_padding="longest")
+    row_padded = make_task("babilong", **kwargs, story_facts=2)
+    assert task.total_len == task.longest_row - 1 < row_padded.total_len == 4 * SEGMENT_LEN
+    assert task.segments == -(-task.total_len // SEGMENT_LEN)
+    for seed in range(20):  # the same story, answer and scored tokens, with fewer pads
+        short, long = task.sample(1, seed=seed), row_padded.sample(1, seed=seed)
+        assert row_text(short, 0).lstrip(" ") == row_text(long, 0).lstrip(" ")
+        n = task.total_len
+        assert torch.equal(short.targets, long.targets[:, -n:])
+        assert int((long.targets[:, :-n] != -100).sum()) == 0
+    hidden = task_of("qa1", segments=4, story_padding="longest")
+    assert hidden.total_len == 4 * SEGMENT_LEN  # with background the row is the haystack's
+    with pytest.raises(ConfigError, match="story_padding must be 'row' or 'longest', got 'x'"):
+        make_task("babilong", **kwargs, story_padding="x")
+
+
 def test_a_million_token_haystack_is_made_in_well_under_a_second() -> None:
     background = np.tile(NOISE, 12)  # about 1.2M tokens
     task = make_task(

@@ -163,6 +163,12 @@ class BabilongTask(Task):
             :data:`DEFAULT_STORY_FACTS`).
         background: False: no background (BABILong's length 0), the story left-padded
             with spaces to the row.
+        story_padding: without background, ``"row"`` pads the story to the row's
+            ``total_len`` (its segments); ``"longest"`` only to the longest story the task
+            can write, so the row is shorter (one partial segment, for a story that fits
+            one): pads dilute the attention of a small model that is learning to bind a
+            place to its person (benchmarks/babilong.md, session 17). No effect with
+            background.
         tokenizer: the run's BPE or a pretrained model's own (``encode(str)``,
             ``decode_bytes(ids)``, ``vocab_size``; ``data.tokenizer = "bpe"`` or
             ``"hf"``): rows are its ids, ``noise`` is text in them, each fact, the
@@ -190,6 +196,7 @@ class BabilongTask(Task):
         noise: Any = None,
         story_facts: int = 0,
         background: bool = True,
+        story_padding: str = "row",
         tokenizer: Any = None,
     ) -> None:
         super().__init__(total_len=total_len, segments=segments, segment_len=segment_len, seed=seed)
@@ -218,6 +225,14 @@ class BabilongTask(Task):
                 f"{self.story_facts} facts and the question: it needs up to "
                 f"{self.longest_row - 1} input tokens"
             )
+        if story_padding not in ("row", "longest"):
+            raise ConfigError(
+                f"task {self.name!r}: story_padding must be 'row' or 'longest', got "
+                f"{story_padding!r}"
+            )
+        if not self.background and story_padding == "longest":
+            self.total_len = self.longest_row - 1  # the row ends where its longest story would
+            self.segments = -(-self.total_len // segment_len)
         dtype = _row_dtype(self.vocab_size)
         self.noise = (
             background_tokens(noise, vocab_size=self.vocab_size)
