@@ -198,6 +198,17 @@ def test_a_bpe_row_is_scored_on_held_out_text_in_its_own_tokens(
     assert calls == [] and md.exists()
 
 
+def test_a_bpe_row_whose_story_fits_one_segment_only_in_its_tokens_is_not_refused(
+    tmp_path: Path,
+) -> None:
+    # In bytes a 4-fact story needs 160 tokens (3 segments of 64); in the run's BPE, 29.
+    corpus = tmp_path / "plays"
+    overrides = [*TINY, *bpe_corpus(corpus, vocab_size=400), "task.stages=[1]"]
+    _bench(tmp_path, [0], overrides=overrides, models=["rmt"], corpus=str(corpus))
+    cells = json.loads((tmp_path / "out" / "babilong.json").read_text())["cells"]
+    assert cells["rmt/qa1/0"]["segments"] == 1 and cells["rmt/qa1/0"]["tokens"] == 3 * 64
+
+
 def _cell(qa: str, length: int, exact: float) -> dict[str, object]:
     return {
         "length": length,
