@@ -57,6 +57,21 @@ _STORY_CURRICULUM = [
     "task.stage_steps=1500",
     "train.steps=7500",
 ]
+_READER_CURRICULUM = [
+    "data.tokenizer=bpe",
+    "data.bpe_vocab_size=1024",
+    "model.init=fan_in",
+    "model.tie_embeddings=false",
+    "model.embed_std=1.0",
+    "task.segments=8",
+    "task.stages=[1, 1, 1, 4, 8]",
+    "task.fact_stages=[2, 3, 4, 4, 4]",
+    "task.background_stages=[false, false, false, true, true]",
+    "task.story_padding=longest",
+    "task.stage_steps=2500",
+    "train.steps=12500",
+    "train.batch_size=32",
+]
 #: id -> (label, preset in ``configs/``, overrides): the models and the ablation rows
 MODELS: dict[str, tuple[str, str, list[str]]] = {
     "armt": ("ARMT", "babilong-armt.toml", []),
@@ -111,26 +126,16 @@ MODELS: dict[str, tuple[str, str, list[str]]] = {
     "armt_reader": (
         "ARMT, bounded write, reader curriculum (BPE, bare story 2-3-4 facts first)",
         "babilong-armt.toml",
-        [
-            "model.write_rule=bounded",
-            "data.tokenizer=bpe",
-            "data.bpe_vocab_size=1024",
-            "model.init=fan_in",
-            "model.tie_embeddings=false",
-            "model.embed_std=1.0",
-            "task.segments=8",
-            "task.stages=[1, 1, 1, 4, 8]",
-            "task.fact_stages=[2, 3, 4, 4, 4]",
-            "task.background_stages=[false, false, false, true, true]",
-            "task.story_padding=longest",
-            "task.stage_steps=2500",
-            "train.steps=12500",
-            "train.batch_size=32",
-        ],
+        ["model.write_rule=bounded", *_READER_CURRICULUM],
+    ),
+    "rmt_reader": (
+        "RMT, reader curriculum (BPE, bare story 2-3-4 facts first)",
+        "babilong-rmt.toml",
+        _READER_CURRICULUM,
     ),
 }
 #: rows whose overrides are qa1's own
-QA1_ONLY = frozenset({"armt_story", "rmt_story", "armt_reader"})
+QA1_ONLY = frozenset({"armt_story", "rmt_story", "armt_reader", "rmt_reader"})
 #: bAbI task -> overrides of the presets (qa1's): longer stories need longer first stages
 TASK_OVERRIDES: dict[str, list[str]] = {
     "qa1": [],
@@ -166,6 +171,8 @@ def _ensure_trained(run: RunConfig, run_dir: Path, echo: Callable[[str], None]) 
     wanted = json.loads(json.dumps(run.to_dict()))
     if (run_dir / "config.json").is_file():
         saved = json.loads((run_dir / "config.json").read_text())
+        if run.data.tokenizer != "byte":  # the run sets it from the tokenizer it trained
+            wanted["model"]["vocab_size"] = saved.get("model", {}).get("vocab_size")
         if saved != wanted:
             raise ConfigError(
                 f"{run_dir} holds a run of another config: delete it or choose another --runs"

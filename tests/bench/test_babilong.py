@@ -196,6 +196,12 @@ def test_a_bpe_row_is_scored_on_held_out_text_in_its_own_tokens(
     monkeypatch.setattr(memtx.evaluate, "evaluate_haystacks", counted)
     _bench(tmp_path, [0, 256], **kwargs)
     assert calls == [] and md.exists()
+    # Cells lost (a run killed after training): the finished BPE run is reused, not refused
+    # for the vocabulary size its tokenizer set.
+    (tmp_path / "out" / "babilong.json").unlink()
+    said: list[str] = []
+    _bench(tmp_path, [0, 256], **kwargs, echo=said.append)
+    assert len(calls) == 2 and any(line.startswith("reusing the finished run") for line in said)
 
 
 def test_a_bpe_row_whose_story_fits_one_segment_only_in_its_tokens_is_not_refused(
