@@ -430,6 +430,5 @@ def _heatmap(path: Path, grid: list[list[float]], names: list[str], columns: lis
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("haystack length (tokens)")
     fig.colorbar(image, ax=ax, label="exact match")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # grows to hold the longest row label
     plt.close(fig)

@@ -78,12 +78,12 @@ MODELS: dict[str, tuple[str, str, list[str]]] = {
     # embeddings; the bare story (padded only to the longest) at 2, 3, 4 facts in one
     # segment, then hidden in text over up to 4 and 8 segments.
     "armt_reader": (
-        "ARMT, bounded write, reader curriculum (BPE, bare story 2-3-4 facts first)",
+        "ARMT, bounded write, reader recipe (BPE)",
         "babilong-armt.toml",
         ["model.write_rule=bounded", *_READER_CURRICULUM],
     ),
     "rmt_reader": (
-        "RMT, reader curriculum (BPE, bare story 2-3-4 facts first)",
+        "RMT, reader recipe (BPE)",
         "babilong-rmt.toml",
         _READER_CURRICULUM,
     ),
