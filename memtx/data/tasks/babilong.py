@@ -41,7 +41,7 @@ million-token haystack takes milliseconds.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -196,7 +196,7 @@ class BabilongTask(Task):
         noise: Any = None,
         story_facts: int = 0,
         background: bool = True,
-        story_padding: str = "row",
+        story_padding: Literal["row", "longest"] = "row",
         tokenizer: Any = None,
     ) -> None:
         super().__init__(total_len=total_len, segments=segments, segment_len=segment_len, seed=seed)
