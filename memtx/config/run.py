@@ -140,6 +140,10 @@ class DataConfig(Checked):
         self._in_range("test_fraction", 0.0, 0.5)
 
 
+#: TaskConfig's per-stage lists: each given one has one entry per curriculum stage
+_STAGE_LISTS = ("stages", "source_stages", "fact_stages", "background_stages")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TaskConfig(Checked):
     """A synthetic long-range task instead of text (``memtx.data.tasks``), with a curriculum.
@@ -262,11 +266,7 @@ class TaskConfig(Checked):
         for name in ("fact_stages", "background_stages"):
             if getattr(self, name) and self.name != "babilong":
                 raise ConfigError(f"task.{name} applies to babilong only, not {self.name!r}")
-        given = [
-            (name, len(getattr(self, name)))
-            for name in ("stages", "source_stages", "fact_stages", "background_stages")
-            if getattr(self, name)
-        ]
+        given = [(name, len(getattr(self, name))) for name in _STAGE_LISTS if getattr(self, name)]
         for (first, n), (name, m) in itertools.pairwise(given):
             if n != m:  # every stage list pairs up with the others, stage by stage
                 raise ConfigError(
@@ -280,8 +280,7 @@ class TaskConfig(Checked):
 
     @property
     def num_stages(self) -> int:
-        lists = (self.stages, self.source_stages, self.fact_stages, self.background_stages)
-        return max(*map(len, lists), 1)
+        return max(*(len(getattr(self, name)) for name in _STAGE_LISTS), 1)
 
     @property
     def stage_segments(self) -> tuple[int, ...]:
